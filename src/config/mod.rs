@@ -1,0 +1,272 @@
+//! The daemon's configuration, read in stages: JSONC text → a position-aware
+//! tree ([`json`]) → validated settings ([`Config`]), with every error named
+//! by its JSON path and `line:column`.
+//!
+//! The format is the Python ec2fleetd's, key for key; see `doc/config.md`.
+
+pub mod exit_codes;
+pub mod json;
+pub mod template;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+pub use exit_codes::ExitCodes;
+pub use template::{MacroValues, Template};
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `hostname` (or its older spelling `set-hostname`).
+    pub hostname: Option<Template>,
+    /// `timeout`: the deadline for the whole init.
+    pub timeout: Option<Duration>,
+    /// In the order they appear in the file.
+    pub domains: Vec<Domain>,
+}
+
+/// One application: its volumes, records, hooks and notifications.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub name: String,
+    pub volumes: Vec<VolumeSpec>,
+    pub records: Vec<RecordSpec>,
+    pub exec: Vec<ExecBlock>,
+    pub notify: Vec<NotifySpec>,
+}
+
+/// One `attach-volume` entry.
+#[derive(Debug, Clone)]
+pub struct VolumeSpec {
+    pub critical: bool,
+    /// The AttachVolume device name, e.g. `/dev/xvdf`.
+    pub device: String,
+    /// `source`, in the order they are tried.
+    pub sources: Vec<VolumeSource>,
+    pub volume_id: Option<String>,
+    pub pool_name: Option<String>,
+    /// `create`: CreateVolume parameters in AWS casing.
+    pub create: Option<serde_json::Map<String, serde_json::Value>>,
+    pub exec: Vec<ExecBlock>,
+}
+
+/// Where a volume may come from: the letters of `source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// `x`: the given `volume-id`.
+    Given,
+    /// `p`: a free volume of the pool `pool-name` in this AZ.
+    Pool,
+    /// `c`: a new volume from the `create` parameters.
+    Create,
+}
+
+impl VolumeSource {
+    pub fn letter(self) -> char {
+        match self {
+            VolumeSource::Given => 'x',
+            VolumeSource::Pool => 'p',
+            VolumeSource::Create => 'c',
+        }
+    }
+}
+
+/// One `update-route53` entry.
+#[derive(Debug, Clone)]
+pub struct RecordSpec {
+    pub critical: bool,
+    /// The hosted zone ID, without a `/hostedzone/` prefix.
+    pub hosted_zone: String,
+    pub name: Template,
+    pub ttl: i64,
+}
+
+/// The events hooks and notifications are bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Event {
+    Starting,
+    Started,
+    Failed,
+    Stopping,
+    Interrupted,
+}
+
+impl Event {
+    pub const ALL: [Event; 5] = [
+        Event::Starting,
+        Event::Started,
+        Event::Failed,
+        Event::Stopping,
+        Event::Interrupted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Starting => "starting",
+            Event::Started => "started",
+            Event::Failed => "failed",
+            Event::Stopping => "stopping",
+            Event::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Event> {
+        Event::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An `exec` block: lines run in order for the events in `on`.
+#[derive(Debug, Clone)]
+pub struct ExecBlock {
+    /// `None`: every event.
+    pub on: Option<Vec<Event>>,
+    pub lines: Vec<ExecLine>,
+}
+
+impl ExecBlock {
+    pub fn runs_on(&self, event: Event) -> bool {
+        self.on.as_ref().is_none_or(|on| on.contains(&event))
+    }
+}
+
+/// One command: argv (argv[0] an absolute path) and its exit-code spec.
+#[derive(Debug, Clone)]
+pub struct ExecLine {
+    pub argv: Vec<Template>,
+    pub ec: ExitCodes,
+}
+
+/// One `notify` entry.
+#[derive(Debug, Clone)]
+pub struct NotifySpec {
+    pub backend: Backend,
+    /// `options.region`; else the daemon's region.
+    pub region: Option<String>,
+    pub subject: Option<Template>,
+    pub body: Option<Template>,
+    /// Events turned off in `matrix`.
+    pub disabled: Vec<Event>,
+}
+
+impl NotifySpec {
+    pub fn enabled_for(&self, event: Event) -> bool {
+        !self.disabled.contains(&event)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend {
+    Sns { topic_arn: String },
+    Sqs { queue_url: String },
+}
+
+/// One problem found in a config, with where it is.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    /// JSON path such as `$.domains["web"].exec[0].lines[1].argv[0]`.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in one config source.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    /// The file name, or `user data`.
+    pub source: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {n} error{} in the config",
+            self.source,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(
+                f,
+                "\n  {}:{}:{}: {}: {}",
+                self.source, p.line, p.column, p.path, p.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Validates config text; `source` names it in errors.
+    pub fn from_text(source: &str, text: &str) -> Result<Config, ConfigErrors> {
+        let index = json::LineIndex::new(text);
+        let to_errors = |mut raw: Vec<validate::RawProblem>| ConfigErrors {
+            source: source.to_string(),
+            problems: {
+                raw.sort_by_key(|p| p.at);
+                raw
+            }
+            .into_iter()
+            .map(|p| {
+                let (line, column) = index.position(text, p.at);
+                Problem {
+                    line,
+                    column,
+                    path: p.path,
+                    message: p.message,
+                }
+            })
+            .collect(),
+        };
+        let root = json::parse(text).map_err(|e| {
+            to_errors(vec![validate::RawProblem {
+                at: e.at,
+                path: "$".into(),
+                message: format!("syntax: {}", e.message),
+            }])
+        })?;
+        validate::config(&root).map_err(to_errors)
+    }
+
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = path.display().to_string();
+        let bad = |message: String| ConfigErrors {
+            source: source.clone(),
+            problems: vec![Problem {
+                line: 1,
+                column: 1,
+                path: "$".into(),
+                message,
+            }],
+        };
+        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8 text: {e}")))?;
+        Config::from_text(&source, &text)
+    }
+}
+
+/// The closest candidate to a misspelt name, for "did you mean".
+pub(crate) fn suggest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|&(d, c)| d <= 2.max(c.len() / 3))
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}

@@ -1,0 +1,867 @@
+//! The position-aware tree → [`Config`], collecting every problem instead of
+//! stopping at the first.
+
+use std::time::Duration;
+
+use super::json::{Json, Member, Node};
+use super::{
+    suggest, Backend, Config, Domain, Event, ExecBlock, ExecLine, ExitCodes, NotifySpec,
+    RecordSpec, Template, VolumeSource, VolumeSpec,
+};
+
+/// A problem with a byte offset; [`super::Config::from_text`] turns it into
+/// `line:column`.
+pub(super) struct RawProblem {
+    pub at: usize,
+    pub path: String,
+    pub message: String,
+}
+
+/// Keys of each object kind; the JSON Schema is checked against these lists.
+pub const ROOT_KEYS: &[&str] = &["$schema", "hostname", "set-hostname", "timeout", "domains"];
+pub const DOMAIN_KEYS: &[&str] = &["attach-volume", "update-route53", "exec", "notify"];
+pub const VOLUME_KEYS: &[&str] = &[
+    "critical",
+    "device",
+    "source",
+    "volume-id",
+    "pool-name",
+    "create",
+    "exec",
+];
+pub const RECORD_KEYS: &[&str] = &["critical", "hostedzone", "name", "ttl"];
+pub const EXEC_KEYS: &[&str] = &["on", "ec", "lines"];
+pub const LINE_KEYS: &[&str] = &["argv", "ec"];
+pub const NOTIFY_KEYS: &[&str] = &["backend", "options", "envelope", "matrix"];
+pub const SNS_OPTION_KEYS: &[&str] = &["region", "topic"];
+pub const SQS_OPTION_KEYS: &[&str] = &["region", "queue-url"];
+pub const ENVELOPE_KEYS: &[&str] = &["subject", "body"];
+pub const MATRIX_ENTRY_KEYS: &[&str] = &["enabled"];
+/// CreateVolume's request parameters, as the `create` object spells them.
+pub const CREATE_KEYS: &[&str] = &[
+    "Size",
+    "VolumeType",
+    "SnapshotId",
+    "Encrypted",
+    "KmsKeyId",
+    "Iops",
+    "Throughput",
+    "MultiAttachEnabled",
+    "OutpostArn",
+    "TagSpecifications",
+    "VolumeInitializationRate",
+];
+pub const BACKENDS: &[&str] = &["aws-sns", "aws-sqs", "ans-sqs"];
+
+pub(super) fn config(root: &Node) -> Result<Config, Vec<RawProblem>> {
+    let mut v = Validator::default();
+    let config = v.root(root);
+    match config {
+        Some(c) if v.problems.is_empty() => Ok(c),
+        _ => Err(v.problems),
+    }
+}
+
+fn key_path(path: &str, key: &str) -> String {
+    let mut chars = key.chars();
+    let ident = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ident {
+        format!("{path}.{key}")
+    } else {
+        format!("{path}[{}]", serde_json::Value::String(key.to_string()))
+    }
+}
+
+fn index_path(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+/// An object whose keys have been checked.
+struct Obj<'n> {
+    members: &'n [Member],
+}
+
+impl<'n> Obj<'n> {
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.members
+            .iter()
+            .rev()
+            .find(|m| m.key == key)
+            .map(|m| &m.node)
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<RawProblem>,
+}
+
+impl Validator {
+    fn problem(&mut self, at: usize, path: &str, message: impl Into<String>) {
+        self.problems.push(RawProblem {
+            at,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn expected(&mut self, node: &Node, path: &str, what: &str) {
+        let found = node.value.kind();
+        self.problem(node.at, path, format!("expected {what}, found {found}"));
+    }
+
+    /// An object with only `known` keys (each once).
+    fn object<'n>(&mut self, node: &'n Node, path: &str, known: &[&str]) -> Option<Obj<'n>> {
+        let Json::Object(members) = &node.value else {
+            self.expected(node, path, "an object");
+            return None;
+        };
+        for (i, m) in members.iter().enumerate() {
+            let p = key_path(path, &m.key);
+            if !known.contains(&m.key.as_str()) {
+                let msg = match suggest(&m.key, known.iter().copied()) {
+                    Some(s) => format!("unknown key {:?}; did you mean {s:?}?", m.key),
+                    None => format!(
+                        "unknown key {:?} (expected one of: {})",
+                        m.key,
+                        known.join(", ")
+                    ),
+                };
+                self.problem(m.key_at, &p, msg);
+            } else if members[..i].iter().any(|o| o.key == m.key) {
+                self.problem(m.key_at, &p, format!("key {:?} is given twice", m.key));
+            }
+        }
+        Some(Obj { members })
+    }
+
+    fn required<'n>(
+        &mut self,
+        obj: &Obj<'n>,
+        parent: &Node,
+        path: &str,
+        key: &str,
+    ) -> Option<&'n Node> {
+        let node = obj.get(key);
+        if node.is_none() {
+            self.problem(parent.at, path, format!("missing required key {key:?}"));
+        }
+        node
+    }
+
+    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Json::String(s) => Some(s.clone()),
+            _ => {
+                self.expected(node, path, "a string");
+                None
+            }
+        }
+    }
+
+    fn nonempty_string(&mut self, node: &Node, path: &str) -> Option<String> {
+        let s = self.string(node, path)?;
+        if s.trim().is_empty() {
+            self.problem(node.at, path, "must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
+    fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match node.value {
+            Json::Bool(b) => Some(b),
+            _ => {
+                self.expected(node, path, "true or false");
+                None
+            }
+        }
+    }
+
+    fn number(&mut self, node: &Node, path: &str) -> Option<f64> {
+        let parsed = match &node.value {
+            Json::Number(raw) => parse_number(raw),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.expected(node, path, "a number");
+        }
+        parsed
+    }
+
+    fn integer(&mut self, node: &Node, path: &str, lo: i64, hi: i64) -> Option<i64> {
+        let n = self.number(node, path)?;
+        if n.fract() != 0.0 || n < lo as f64 || n > hi as f64 {
+            self.problem(
+                node.at,
+                path,
+                format!("expected a whole number from {lo} to {hi}"),
+            );
+            return None;
+        }
+        Some(n as i64)
+    }
+
+    fn array<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [Node]> {
+        match &node.value {
+            Json::Array(items) => Some(items),
+            _ => {
+                self.expected(node, path, "an array");
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, node: &Node, path: &str) -> Option<Template> {
+        let s = self.string(node, path)?;
+        match Template::parse(&s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // +1 for the opening quote; exact unless escapes come first.
+                self.problem(node.at + 1 + e.offset, path, e.message);
+                None
+            }
+        }
+    }
+
+    fn root(&mut self, node: &Node) -> Option<Config> {
+        let obj = self.object(node, "$", ROOT_KEYS)?;
+        if let Some(n) = obj.get("$schema") {
+            self.string(n, "$.$schema");
+        }
+        let hostname = match (obj.get("hostname"), obj.get("set-hostname")) {
+            (Some(_), Some(n)) => {
+                self.problem(
+                    n.at,
+                    "$.set-hostname",
+                    "give either \"hostname\" or its older spelling \"set-hostname\", not both",
+                );
+                None
+            }
+            (Some(n), None) => self.hostname(n, "$.hostname"),
+            (None, Some(n)) => self.hostname(n, "$[\"set-hostname\"]"),
+            (None, None) => None,
+        };
+        let timeout = obj.get("timeout").and_then(|n| {
+            let secs = self.number(n, "$.timeout")?;
+            if !(secs > 0.0 && secs <= 86_400.0) {
+                self.problem(
+                    n.at,
+                    "$.timeout",
+                    "expected seconds, more than 0 and at most 86400",
+                );
+                return None;
+            }
+            Some(Duration::from_secs_f64(secs))
+        });
+        let mut domains = Vec::new();
+        if let Some(n) = self.required(&obj, node, "$", "domains") {
+            if let Json::Object(members) = &n.value {
+                for m in members {
+                    let path = key_path("$.domains", &m.key);
+                    if m.key.is_empty() {
+                        self.problem(m.key_at, &path, "a domain needs a name");
+                    }
+                    if let Some(d) = self.domain(&m.key, &m.node, &path) {
+                        domains.push(d);
+                    }
+                }
+                if let Some(dup) = first_duplicate(members) {
+                    self.problem(
+                        dup.key_at,
+                        "$.domains",
+                        format!("domain {:?} is given twice", dup.key),
+                    );
+                }
+            } else {
+                self.expected(n, "$.domains", "an object of domains by name");
+            }
+        }
+        Some(Config {
+            hostname,
+            timeout,
+            domains,
+        })
+    }
+
+    fn hostname(&mut self, node: &Node, path: &str) -> Option<Template> {
+        let t = self.template(node, path)?;
+        if let Some(literal) = t.as_literal() {
+            if let Err(why) = check_hostname(literal) {
+                self.problem(node.at, path, why);
+            }
+        }
+        Some(t)
+    }
+
+    fn domain(&mut self, name: &str, node: &Node, path: &str) -> Option<Domain> {
+        let obj = self.object(node, path, DOMAIN_KEYS)?;
+        let volumes = self.list(&obj, path, "attach-volume", Self::volume);
+        let records = self.list(&obj, path, "update-route53", Self::record);
+        let exec = self.list(&obj, path, "exec", Self::exec_block);
+        let notify = self.list(&obj, path, "notify", Self::notify);
+        Some(Domain {
+            name: name.to_string(),
+            volumes,
+            records,
+            exec,
+            notify,
+        })
+    }
+
+    /// An optional array under `key`, each item read by `item`.
+    fn list<T>(
+        &mut self,
+        obj: &Obj<'_>,
+        path: &str,
+        key: &str,
+        item: impl Fn(&mut Self, &Node, &str) -> Option<T>,
+    ) -> Vec<T> {
+        let Some(node) = obj.get(key) else {
+            return Vec::new();
+        };
+        let path = key_path(path, key);
+        let Some(items) = self.array(node, &path) else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| item(self, n, &index_path(&path, i)))
+            .collect()
+    }
+
+    fn critical(&mut self, obj: &Obj<'_>, path: &str) -> bool {
+        obj.get("critical")
+            .and_then(|n| self.boolean(n, &key_path(path, "critical")))
+            .unwrap_or(true)
+    }
+
+    fn volume(&mut self, node: &Node, path: &str) -> Option<VolumeSpec> {
+        let obj = self.object(node, path, VOLUME_KEYS)?;
+        let critical = self.critical(&obj, path);
+        let device = self.required(&obj, node, path, "device").and_then(|n| {
+            let p = key_path(path, "device");
+            let d = self.string(n, &p)?;
+            if !d.starts_with("/dev/") || d.len() <= 5 {
+                self.problem(
+                    n.at,
+                    &p,
+                    format!("{d:?} is not a device name such as \"/dev/xvdf\""),
+                );
+            }
+            Some(d)
+        });
+        let volume_id = obj.get("volume-id").and_then(|n| {
+            let p = key_path(path, "volume-id");
+            let id = self.string(n, &p)?;
+            if !is_volume_id(&id) {
+                self.problem(
+                    n.at,
+                    &p,
+                    format!("{id:?} is not a volume ID such as \"vol-0123456789abcdef0\""),
+                );
+            }
+            Some(id)
+        });
+        let pool_name = obj
+            .get("pool-name")
+            .and_then(|n| self.nonempty_string(n, &key_path(path, "pool-name")));
+        let create = obj
+            .get("create")
+            .and_then(|n| self.create(n, &key_path(path, "create")));
+        let sources = self.required(&obj, node, path, "source").and_then(|n| {
+            let p = key_path(path, "source");
+            let s = self.string(n, &p)?;
+            let mut sources = Vec::new();
+            for c in s.chars() {
+                let source = match c {
+                    'x' => VolumeSource::Given,
+                    'p' => VolumeSource::Pool,
+                    'c' => VolumeSource::Create,
+                    other => {
+                        self.problem(
+                            n.at,
+                            &p,
+                            format!("unknown volume source {other:?}: use x (volume-id), p (pool-name), c (create)"),
+                        );
+                        continue;
+                    }
+                };
+                if sources.contains(&source) {
+                    self.problem(n.at, &p, format!("source {c:?} is given twice"));
+                }
+                sources.push(source);
+            }
+            if s.is_empty() {
+                self.problem(n.at, &p, "name at least one source: x, p or c");
+            }
+            let needs = [
+                (VolumeSource::Given, volume_id.is_some(), "volume-id"),
+                (VolumeSource::Pool, pool_name.is_some(), "pool-name"),
+                (VolumeSource::Create, create.is_some(), "create"),
+            ];
+            for (source, present, key) in needs {
+                if sources.contains(&source) && !present && obj.get(key).is_none() {
+                    self.problem(
+                        n.at,
+                        &p,
+                        format!("source {:?} needs the key {key:?}", source.letter()),
+                    );
+                }
+            }
+            Some(sources)
+        });
+        let exec = self.list(&obj, path, "exec", Self::exec_block);
+        Some(VolumeSpec {
+            critical,
+            device: device?,
+            sources: sources?,
+            volume_id,
+            pool_name,
+            create,
+            exec,
+        })
+    }
+
+    fn create(
+        &mut self,
+        node: &Node,
+        path: &str,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let obj = self.object(node, path, CREATE_KEYS)?;
+        for key in ["Size", "Iops", "Throughput", "VolumeInitializationRate"] {
+            if let Some(n) = obj.get(key) {
+                self.integer(n, &key_path(path, key), 1, 1 << 20);
+            }
+        }
+        for key in ["VolumeType", "SnapshotId", "KmsKeyId", "OutpostArn"] {
+            if let Some(n) = obj.get(key) {
+                self.nonempty_string(n, &key_path(path, key));
+            }
+        }
+        for key in ["Encrypted", "MultiAttachEnabled"] {
+            if let Some(n) = obj.get(key) {
+                self.boolean(n, &key_path(path, key));
+            }
+        }
+        if let Some(n) = obj.get("TagSpecifications") {
+            self.array(n, &key_path(path, "TagSpecifications"));
+        }
+        if obj.get("Size").is_none() && obj.get("SnapshotId").is_none() {
+            self.problem(node.at, path, "needs \"Size\" or \"SnapshotId\"");
+        }
+        match to_serde(node) {
+            serde_json::Value::Object(map) => Some(map),
+            _ => None,
+        }
+    }
+
+    fn record(&mut self, node: &Node, path: &str) -> Option<RecordSpec> {
+        let obj = self.object(node, path, RECORD_KEYS)?;
+        let critical = self.critical(&obj, path);
+        let hosted_zone = self
+            .required(&obj, node, path, "hostedzone")
+            .and_then(|n| self.nonempty_string(n, &key_path(path, "hostedzone")))
+            .map(|z| z.trim_start_matches("/hostedzone/").to_string());
+        let name = self
+            .required(&obj, node, path, "name")
+            .and_then(|n| self.template(n, &key_path(path, "name")));
+        let ttl = obj.get("ttl").map_or(Some(60), |n| {
+            self.integer(n, &key_path(path, "ttl"), 0, 2_147_483_647)
+        });
+        Some(RecordSpec {
+            critical,
+            hosted_zone: hosted_zone?,
+            name: name?,
+            ttl: ttl?,
+        })
+    }
+
+    fn ec(&mut self, node: &Node, path: &str) -> Option<ExitCodes> {
+        match &node.value {
+            Json::Null => Some(ExitCodes::Any),
+            Json::String(s) => match ExitCodes::parse(s) {
+                Ok(ec) => Some(ec),
+                Err(why) => {
+                    self.problem(node.at, path, why);
+                    None
+                }
+            },
+            Json::Number(_) => {
+                let code = self.integer(node, path, 0, 255)?;
+                Some(ExitCodes::Ranges(vec![(code as i32, code as i32)]))
+            }
+            _ => {
+                self.expected(
+                    node,
+                    path,
+                    "an exit-code list such as \"0,1\" or \"0-127\", or null",
+                );
+                None
+            }
+        }
+    }
+
+    fn exec_block(&mut self, node: &Node, path: &str) -> Option<ExecBlock> {
+        let obj = self.object(node, path, EXEC_KEYS)?;
+        let on = obj.get("on").and_then(|n| {
+            let p = key_path(path, "on");
+            let items = self.array(n, &p)?;
+            let mut events = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let ip = index_path(&p, i);
+                let Some(name) = self.string(item, &ip) else {
+                    continue;
+                };
+                match Event::from_name(&name) {
+                    Some(e) => events.push(e),
+                    None => {
+                        let names = Event::ALL.map(Event::name);
+                        let msg = match suggest(&name, names) {
+                            Some(s) => format!("unknown event {name:?}; did you mean {s:?}?"),
+                            None => {
+                                format!("unknown event {name:?} (events: {})", names.join(", "))
+                            }
+                        };
+                        self.problem(item.at, &ip, msg);
+                    }
+                }
+            }
+            Some(events)
+        });
+        let block_ec = match obj.get("ec") {
+            Some(n) => self.ec(n, &key_path(path, "ec")),
+            None => Some(ExitCodes::default()),
+        };
+        let lines_path = key_path(path, "lines");
+        let lines = self.required(&obj, node, path, "lines").and_then(|n| {
+            let items = self.array(n, &lines_path)?;
+            let mut lines = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                if let Some(line) =
+                    self.exec_line(item, &index_path(&lines_path, i), block_ec.clone())
+                {
+                    lines.push(line);
+                }
+            }
+            Some(lines)
+        });
+        Some(ExecBlock { on, lines: lines? })
+    }
+
+    fn exec_line(
+        &mut self,
+        node: &Node,
+        path: &str,
+        block_ec: Option<ExitCodes>,
+    ) -> Option<ExecLine> {
+        let obj = self.object(node, path, LINE_KEYS)?;
+        let argv_path = key_path(path, "argv");
+        let argv = self.required(&obj, node, path, "argv").and_then(|n| {
+            let items = self.array(n, &argv_path)?;
+            if items.is_empty() {
+                self.problem(
+                    n.at,
+                    &argv_path,
+                    "argv needs at least the program's absolute path",
+                );
+                return None;
+            }
+            let mut argv = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                argv.push(self.template(item, &index_path(&argv_path, i))?);
+            }
+            match argv[0].as_literal() {
+                Some(p) if p.starts_with('/') => {}
+                Some(p) => self.problem(
+                    items[0].at,
+                    &index_path(&argv_path, 0),
+                    format!(
+                        "{p:?} is not an absolute path: hooks run without a shell or PATH search"
+                    ),
+                ),
+                None => self.problem(
+                    items[0].at,
+                    &index_path(&argv_path, 0),
+                    "argv[0] must be a literal absolute path, without macros",
+                ),
+            }
+            Some(argv)
+        });
+        let ec = match obj.get("ec") {
+            Some(n) => self.ec(n, &key_path(path, "ec")),
+            None => block_ec,
+        };
+        Some(ExecLine {
+            argv: argv?,
+            ec: ec?,
+        })
+    }
+
+    fn notify(&mut self, node: &Node, path: &str) -> Option<NotifySpec> {
+        let obj = self.object(node, path, NOTIFY_KEYS)?;
+        let backend_name = self.required(&obj, node, path, "backend").and_then(|n| {
+            let p = key_path(path, "backend");
+            let name = self.string(n, &p)?;
+            if !BACKENDS.contains(&name.as_str()) {
+                let msg = match suggest(&name, BACKENDS.iter().copied()) {
+                    Some(s) => format!("unknown backend {name:?}; did you mean {s:?}?"),
+                    None => format!("unknown backend {name:?} (backends: aws-sns, aws-sqs)"),
+                };
+                self.problem(n.at, &p, msg);
+                return None;
+            }
+            Some(name)
+        });
+        let options_path = key_path(path, "options");
+        let options = self.required(&obj, node, path, "options");
+        let mut region = None;
+        let backend = match (backend_name.as_deref(), options) {
+            (Some(name), Some(opts)) => {
+                let (keys, target) = if name == "aws-sns" {
+                    (SNS_OPTION_KEYS, "topic")
+                } else {
+                    (SQS_OPTION_KEYS, "queue-url")
+                };
+                let o = self.object(opts, &options_path, keys)?;
+                region = o
+                    .get("region")
+                    .and_then(|n| self.nonempty_string(n, &key_path(&options_path, "region")));
+                let target_path = key_path(&options_path, target);
+                let value = self
+                    .required(&o, opts, &options_path, target)
+                    .and_then(|n| self.nonempty_string(n, &target_path));
+                match value {
+                    Some(v) if name == "aws-sns" => Some(Backend::Sns { topic_arn: v }),
+                    Some(v) => Some(Backend::Sqs { queue_url: v }),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let (mut subject, mut body) = (None, None);
+        if let Some(n) = obj.get("envelope") {
+            let p = key_path(path, "envelope");
+            if let Some(e) = self.object(n, &p, ENVELOPE_KEYS) {
+                subject = e
+                    .get("subject")
+                    .and_then(|s| self.template(s, &key_path(&p, "subject")));
+                body = e
+                    .get("body")
+                    .and_then(|b| self.template(b, &key_path(&p, "body")));
+            }
+        }
+        let mut disabled = Vec::new();
+        if let Some(n) = obj.get("matrix") {
+            let p = key_path(path, "matrix");
+            let names = Event::ALL.map(Event::name);
+            if let Some(m) = self.object(n, &p, &names) {
+                for member in m.members {
+                    let ep = key_path(&p, &member.key);
+                    let Some(event) = Event::from_name(&member.key) else {
+                        continue;
+                    };
+                    if let Some(entry) = self.object(&member.node, &ep, MATRIX_ENTRY_KEYS) {
+                        let enabled = entry
+                            .get("enabled")
+                            .and_then(|b| self.boolean(b, &key_path(&ep, "enabled")))
+                            .unwrap_or(true);
+                        if !enabled {
+                            disabled.push(event);
+                        }
+                    }
+                }
+            }
+        }
+        Some(NotifySpec {
+            backend: backend?,
+            region,
+            subject,
+            body,
+            disabled,
+        })
+    }
+}
+
+fn first_duplicate(members: &[Member]) -> Option<&Member> {
+    members
+        .iter()
+        .enumerate()
+        .find(|(i, m)| members[..*i].iter().any(|o| o.key == m.key))
+        .map(|(_, m)| m)
+}
+
+fn parse_number(raw: &str) -> Option<f64> {
+    let (sign, digits) = match raw.strip_prefix('-') {
+        Some(rest) => (-1.0, rest),
+        None => (1.0, raw.strip_prefix('+').unwrap_or(raw)),
+    };
+    let value = if let Some(hex) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        i64::from_str_radix(hex, 16).ok()? as f64
+    } else {
+        digits.parse::<f64>().ok()?
+    };
+    value.is_finite().then_some(sign * value)
+}
+
+fn is_volume_id(id: &str) -> bool {
+    id.strip_prefix("vol-").is_some_and(|hex| {
+        (hex.len() == 8 || hex.len() == 17) && hex.chars().all(|c| c.is_ascii_hexdigit())
+    })
+}
+
+fn check_hostname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("a hostname has 1 to 253 characters".into());
+    }
+    for label in name.trim_end_matches('.').split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{name:?} is not a valid hostname (label {label:?})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The subtree as plain JSON, for values passed on to AWS as written.
+fn to_serde(node: &Node) -> serde_json::Value {
+    use serde_json::Value;
+    match &node.value {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(raw) => parse_number(raw)
+            .map(|f| {
+                if f.fract() == 0.0 && f.abs() < 9e15 {
+                    Value::from(f as i64)
+                } else {
+                    Value::from(f)
+                }
+            })
+            .unwrap_or(Value::Null),
+        Json::String(s) => Value::String(s.clone()),
+        Json::Array(items) => Value::Array(items.iter().map(to_serde).collect()),
+        Json::Object(members) => Value::Object(
+            members
+                .iter()
+                .map(|m| (m.key.clone(), to_serde(&m.node)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_text("t.jsonc", text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .problems
+                .iter()
+                .map(|p| format!("{}:{} {} {}", p.line, p.column, p.path, p.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_with_path_and_position() {
+        let text = r#"{
+  "domains": {
+    "web": {
+      "exec": [{ "on": ["started"], "lines": [{ "argv": ["bin/x"] }] }],
+      "notfy": [],
+      "update-route53": [{ "hostedzone": "Z1", "name": "{instance_idx}.example.com", "ttl": "60" }]
+    }
+  }
+}"#;
+        let p = problems(text);
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(
+            p[0].starts_with("4:58 $.domains.web.exec[0].lines[0].argv[0] "),
+            "{}",
+            p[0]
+        );
+        assert!(
+            p[1].starts_with(
+                "5:7 $.domains.web.notfy unknown key \"notfy\"; did you mean \"notify\"?"
+            ),
+            "{}",
+            p[1]
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.contains("unknown macro {instance_idx}; did you mean {instance_id}?")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.contains(".ttl expected a number, found a string")),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn schema_key_is_ignored_and_old_spellings_accepted() {
+        let text = r#"{ "$schema": "x", "set-hostname": "a.example.com", "domains": { "d": {
+            "notify": [{ "backend": "ans-sqs", "options": { "queue-url": "https://q" } }] } } }"#;
+        let c = Config::from_text("t", text).unwrap();
+        assert!(c.hostname.is_some());
+        assert!(
+            matches!(&c.domains[0].notify[0].backend, super::Backend::Sqs { queue_url } if queue_url == "https://q")
+        );
+    }
+
+    #[test]
+    fn line_inherits_block_ec() {
+        let text = r#"{ "domains": { "d": { "exec": [{ "ec": "0-2", "lines": [
+            { "argv": ["/bin/true"] }, { "argv": ["/bin/false"], "ec": null } ] }] } } }"#;
+        let c = Config::from_text("t", text).unwrap();
+        let lines = &c.domains[0].exec[0].lines;
+        assert!(lines[0].ec.accepts(2) && !lines[0].ec.accepts(3));
+        assert!(lines[1].ec.accepts(3));
+    }
+
+    #[test]
+    fn source_letters_need_their_keys() {
+        let p = problems(
+            r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "xpq" }] } } }"#,
+        );
+        let text = p.join("\n");
+        assert!(text.contains("unknown volume source 'q'"), "{text}");
+        assert!(
+            text.contains("source 'x' needs the key \"volume-id\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("source 'p' needs the key \"pool-name\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_is_positioned() {
+        let p = problems("{\n \"domains\": {,}\n}");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("2:"), "{p:?}");
+    }
+
+    #[test]
+    fn both_hostname_spellings_conflict() {
+        let p = problems(r#"{ "hostname": "a", "set-hostname": "b", "domains": {} }"#);
+        assert_eq!(p.len(), 1, "{p:?}");
+    }
+}

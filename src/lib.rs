@@ -1,0 +1,17 @@
+//! ec2fleetd: makes stateful software survive EC2 spot interruptions.
+//!
+//! The modules follow the data: [`config`] and [`imds`] bring the config and
+//! the instance's facts in; [`volumes`] (EC2), [`dns`] (Route53),
+//! [`hooks`] (processes) and [`notify`] (SNS, SQS) each do one job;
+//! [`lifecycle`] owns the order; [`systemd`] reports it. [`aws`] is the one
+//! place SDK clients are made.
+
+pub mod aws;
+pub mod config;
+pub mod dns;
+pub mod hooks;
+pub mod imds;
+pub mod lifecycle;
+pub mod notify;
+pub mod systemd;
+pub mod volumes;

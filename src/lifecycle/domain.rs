@@ -1,0 +1,190 @@
+//! One domain's part of each phase: bring-up (volumes, records, hooks) and
+//! the hooks and notifications of every later event.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+
+use crate::aws::Clients;
+use crate::config::{Domain, Event, MacroValues};
+use crate::dns::{self, RecordTarget};
+use crate::hooks::{self, OnFailure, Scope};
+use crate::imds::InstanceFacts;
+use crate::notify;
+use crate::volumes::{self, AttachedVolume};
+
+/// What every domain shares.
+pub struct Shared {
+    pub clients: Clients,
+    pub facts: InstanceFacts,
+    pub device_root: PathBuf,
+    /// Instance facts and run-wide values; each domain adds its own.
+    pub base_values: MacroValues,
+}
+
+/// A domain and what it holds.
+pub struct DomainRun {
+    pub domain: Domain,
+    pub values: MacroValues,
+    pub volumes: Vec<AttachedVolume>,
+}
+
+impl DomainRun {
+    pub fn new(shared: &Shared, domain: Domain) -> DomainRun {
+        let mut values = shared.base_values.clone();
+        values.set("domain", domain.name.clone());
+        DomainRun {
+            domain,
+            values,
+            volumes: Vec::new(),
+        }
+    }
+
+    /// The macro values for `event`, with `all_json` filled in.
+    pub fn values_for(&self, event: Event) -> MacroValues {
+        let mut v = self.values.clone();
+        v.set("daemon_state", event.name());
+        v.set("ts", super::now_rfc3339());
+        v.seal()
+    }
+
+    /// `starting` hooks, volumes and their hooks, DNS records.
+    pub async fn bring_up(&mut self, shared: &Shared) -> Result<()> {
+        let name = self.domain.name.clone();
+        let scope = Scope {
+            domain: &name,
+            event: Event::Starting,
+        };
+        let blocks = self
+            .domain
+            .exec
+            .iter()
+            .filter(|b| b.runs_on(Event::Starting))
+            .collect();
+        hooks::run(
+            blocks,
+            scope,
+            &self.values_for(Event::Starting),
+            OnFailure::Stop,
+        )
+        .await
+        .map_err(|f| anyhow!("{}", f.join("; ")))?;
+
+        for spec in self.domain.volumes.clone() {
+            let attached = match volumes::attach(
+                &shared.clients.ec2,
+                &shared.facts,
+                &spec,
+                &shared.device_root,
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(e) if spec.critical => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        "[{name}] non-critical volume {} skipped: {e:#}",
+                        spec.device
+                    );
+                    continue;
+                }
+            };
+            self.values.set("volume_id", attached.volume_id.clone());
+            self.values
+                .set("attached_device", attached.device.display().to_string());
+            self.values
+                .set("attach_source", attached.source.letter().to_string());
+            self.values.set(
+                "attach_op",
+                if attached.attached_now {
+                    "true"
+                } else {
+                    "false"
+                },
+            );
+            self.values
+                .set("volume_pool", spec.pool_name.clone().unwrap_or_default());
+            self.volumes.push(attached);
+            // As in the Python daemon, a volume's blocks without "on" run
+            // once, after its device appears.
+            let blocks = spec
+                .exec
+                .iter()
+                .filter(|b| b.on.as_ref().is_none_or(|on| on.contains(&Event::Starting)))
+                .collect();
+            if let Err(f) = hooks::run(
+                blocks,
+                scope,
+                &self.values_for(Event::Starting),
+                OnFailure::Stop,
+            )
+            .await
+            {
+                let e = anyhow!("volume hooks of {}: {}", spec.device, f.join("; "));
+                if spec.critical {
+                    return Err(e);
+                }
+                tracing::warn!("[{name}] non-critical: {e}");
+            }
+        }
+
+        for record in &self.domain.records {
+            let record_name = record.name.render(&self.values);
+            let target = RecordTarget {
+                hosted_zone: &record.hosted_zone,
+                name: &record_name,
+                ttl: record.ttl,
+                ipv4: shared.facts.primary_ipv4(),
+                ipv6: shared.facts.primary_ipv6(),
+            };
+            if let Err(e) = dns::upsert(&shared.clients.route53, &target).await {
+                if record.critical {
+                    return Err(e);
+                }
+                tracing::warn!("[{name}] non-critical record skipped: {e:#}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the hooks bound to `event`: the domain's, then those of its
+    /// volumes that name the event. Bring-up events stop at the first
+    /// failure; shutdown events run every line.
+    pub async fn run_hooks(&self, event: Event, on_failure: OnFailure) -> Result<(), Vec<String>> {
+        let values = self.values_for(event);
+        let scope = Scope {
+            domain: &self.domain.name,
+            event,
+        };
+        let domain_blocks = self.domain.exec.iter().filter(|b| b.runs_on(event));
+        let volume_blocks = self
+            .domain
+            .volumes
+            .iter()
+            .flat_map(|v| v.exec.iter())
+            .filter(|b| b.on.as_ref().is_some_and(|on| on.contains(&event)));
+        hooks::run(
+            domain_blocks.chain(volume_blocks).collect(),
+            scope,
+            &values,
+            on_failure,
+        )
+        .await
+    }
+
+    /// Sends every notification enabled for `event`, all at once.
+    pub async fn notify(&self, shared: &Arc<Shared>, event: Event) {
+        let values = self.values_for(event);
+        let sends = self
+            .domain
+            .notify
+            .iter()
+            .filter(|n| n.enabled_for(event))
+            .map(|n| notify::send(&shared.clients, n, &self.domain.name, &values));
+        for result in futures_util::future::join_all(sends).await {
+            // Already logged by `notify::send`; a notification never fails the run.
+            let _ = result;
+        }
+    }
+}

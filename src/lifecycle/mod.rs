@@ -1,0 +1,379 @@
+//! Ties the capabilities together in the order of an instance's life:
+//! read the config, bring every domain up in parallel, report ready, watch
+//! for an interruption or a signal, run the last hooks and report.
+
+mod domain;
+mod state;
+
+pub use state::{Input, State};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, Context, Result};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::{self, Clients};
+use crate::config::{Config, ConfigErrors, Event, MacroValues};
+use crate::hooks::OnFailure;
+use crate::imds::{ImdsClient, InstanceFacts, Watcher};
+use crate::systemd;
+use domain::{DomainRun, Shared};
+
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    UserData,
+    File(PathBuf),
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: ConfigSource,
+    pub device_root: PathBuf,
+    pub poll_interval: Duration,
+    /// Set the hostname from the config (off for containers and demos).
+    pub set_hostname: bool,
+}
+
+/// How a run ended; `main` maps it to the exit status.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Interrupted or stopped, hooks done: exit 0.
+    Clean(State),
+    /// The config is bad: exit 78 (EX_CONFIG), nothing touched.
+    BadConfig(ConfigErrors),
+    /// Init failed (the `failed` hooks ran where a config was read): exit 1.
+    Failed(anyhow::Error),
+}
+
+/// The current time for `{ts}`.
+pub(crate) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Runs the daemon to the end of the instance's life.
+pub async fn run(options: Options) -> Outcome {
+    let stop = CancellationToken::new();
+    spawn_signal_listener(stop.clone());
+    let imds = Arc::new(ImdsClient::from_env());
+    systemd::status("starting: reading the config and instance metadata");
+
+    let config = match &options.config {
+        ConfigSource::File(path) => match Config::from_file(path) {
+            Ok(c) => c,
+            Err(e) => return Outcome::BadConfig(e),
+        },
+        ConfigSource::UserData => match read_user_data_config(&imds).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Outcome::BadConfig(e),
+            Err(e) => return Outcome::Failed(e),
+        },
+    };
+    let facts = match InstanceFacts::read(&imds).await {
+        Ok(f) => f,
+        Err(e) => return Outcome::Failed(anyhow!(e).context("reading instance metadata")),
+    };
+    tracing::info!(
+        "instance {} ({}, {}, launch index {}), public {}",
+        facts.instance_id,
+        facts.instance_type,
+        facts.zone,
+        facts.launch_index,
+        [facts.public_ipv4.join(", "), facts.public_ipv6.join(", ")]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let region = aws::region_from_env().unwrap_or_else(|| facts.region.clone());
+    let clients = Clients::load(&region).await;
+    let shared = Arc::new(Shared {
+        base_values: base_values(&facts),
+        clients,
+        facts,
+        device_root: options.device_root.clone(),
+    });
+    let daemon = Daemon {
+        config,
+        shared,
+        options,
+        imds,
+        stop,
+    };
+    daemon.live().await
+}
+
+struct Daemon {
+    config: Config,
+    shared: Arc<Shared>,
+    options: Options,
+    imds: Arc<ImdsClient>,
+    stop: CancellationToken,
+}
+
+impl Daemon {
+    async fn live(self) -> Outcome {
+        let started_at = Instant::now();
+        let mut state = State::Starting;
+        let n = self.config.domains.len();
+        systemd::status(&format!("starting: bringing up {n} domain(s)"));
+        tracing::info!("starting: bringing up {n} domain(s)");
+
+        let bring_up = self.bring_up_all();
+        let timeout = self.config.timeout;
+        let result = tokio::select! {
+            r = async {
+                match timeout {
+                    Some(t) => tokio::time::timeout(t, bring_up).await.unwrap_or_else(|_| {
+                        Err(anyhow!("init did not finish within the timeout of {}s", t.as_secs_f64()))
+                    }),
+                    None => bring_up.await,
+                }
+            } => Some(r),
+            _ = self.stop.cancelled() => None,
+        };
+        let mut runs = match result {
+            None => {
+                // Dropping the bring-up ends its hooks (they are killed on drop).
+                let runs = self.fresh_runs();
+                return self
+                    .finish(
+                        state.next(Input::Signal).expect("starting → stopping"),
+                        runs,
+                        None,
+                    )
+                    .await;
+            }
+            Some(Err(e)) => {
+                let runs = self.fresh_runs();
+                return self.finish(State::Failed, runs, Some(e)).await;
+            }
+            Some(Ok(runs)) => runs,
+        };
+
+        self.set_hostname(&runs);
+        state = state.next(Input::InitDone).expect("starting → started");
+        if let Err(e) = self.started(&mut runs).await {
+            return self
+                .finish(
+                    state.next(Input::InitFailed).expect("started → failed"),
+                    runs,
+                    Some(e),
+                )
+                .await;
+        }
+        let took = started_at.elapsed().as_secs_f64();
+        let line =
+            format!("started: {n} domain(s) up in {took:.2}s; watching for spot interruptions");
+        tracing::info!("{line}");
+        systemd::ready(&line);
+
+        let watcher = Watcher::new(self.imds.clone(), self.options.poll_interval);
+        let notice = watcher.next_notice(&self.stop).await;
+        let next = match &notice {
+            Some(n) => {
+                tracing::warn!("spot interruption notice: {} at {}", n.action, n.time);
+                state.next(Input::Notice)
+            }
+            None => {
+                tracing::info!("signal received: stopping");
+                state.next(Input::Signal)
+            }
+        };
+        for run in &mut runs {
+            if let Some(n) = &notice {
+                run.values.set("interrupt_action", n.action.clone());
+                run.values.set("interrupt_time", n.time.clone());
+            }
+        }
+        self.finish(next.expect("started → interrupted or stopping"), runs, None)
+            .await
+    }
+
+    fn fresh_runs(&self) -> Vec<DomainRun> {
+        self.config
+            .domains
+            .iter()
+            .map(|d| DomainRun::new(&self.shared, d.clone()))
+            .collect()
+    }
+
+    /// Every domain in parallel; the first failure is reported with its domain.
+    async fn bring_up_all(&self) -> Result<Vec<DomainRun>> {
+        let mut set = JoinSet::new();
+        for (i, domain) in self.config.domains.iter().enumerate() {
+            let shared = self.shared.clone();
+            let mut run = DomainRun::new(&shared, domain.clone());
+            set.spawn(async move {
+                let r = run.bring_up(&shared).await;
+                (i, run, r)
+            });
+        }
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            let (i, run, result) = joined.context("a domain's task panicked")?;
+            if let Err(e) = result {
+                tracing::error!("[{}] bring-up failed: {e:#}", run.domain.name);
+                errors.push(format!("domain {:?}: {e:#}", run.domain.name));
+            }
+            done.push((i, run));
+        }
+        if !errors.is_empty() {
+            errors.sort();
+            return Err(anyhow!("{}", errors.join("; ")));
+        }
+        done.sort_by_key(|(i, _)| *i);
+        Ok(done.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// `started` hooks of every domain in parallel, then notifications.
+    async fn started(&self, runs: &mut [DomainRun]) -> Result<()> {
+        let results = futures_util::future::join_all(
+            runs.iter()
+                .map(|r| r.run_hooks(Event::Started, OnFailure::Stop)),
+        )
+        .await;
+        let errors: Vec<String> = runs
+            .iter()
+            .zip(results)
+            .filter_map(|(r, res)| {
+                res.err()
+                    .map(|f| format!("domain {:?}: {}", r.domain.name, f.join("; ")))
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(anyhow!("started hooks failed: {}", errors.join("; ")));
+        }
+        futures_util::future::join_all(runs.iter().map(|r| r.notify(&self.shared, Event::Started)))
+            .await;
+        Ok(())
+    }
+
+    /// The last phase: hooks of the final state in every domain, then
+    /// notifications.
+    async fn finish(
+        &self,
+        state: State,
+        mut runs: Vec<DomainRun>,
+        error: Option<anyhow::Error>,
+    ) -> Outcome {
+        debug_assert!(state.is_final());
+        let event = state.event();
+        let error_text = error.as_ref().map(|e| format!("{e:#}")).unwrap_or_default();
+        for run in &mut runs {
+            run.values.set("error", error_text.clone());
+        }
+        let line = match &error {
+            Some(e) => format!("{event}: {e:#}"),
+            None => format!("{event}: running hooks"),
+        };
+        systemd::stopping(&line);
+        tracing::info!("{line}");
+        let results = futures_util::future::join_all(
+            runs.iter().map(|r| r.run_hooks(event, OnFailure::Continue)),
+        )
+        .await;
+        let failed_hooks: usize = results
+            .iter()
+            .map(|r| r.as_ref().err().map_or(0, Vec::len))
+            .sum();
+        futures_util::future::join_all(runs.iter().map(|r| r.notify(&self.shared, event))).await;
+        if failed_hooks > 0 {
+            tracing::warn!("{event}: {failed_hooks} hook(s) failed");
+        }
+        match error {
+            Some(e) => Outcome::Failed(e),
+            None => {
+                tracing::info!("{event}: done");
+                Outcome::Clean(state)
+            }
+        }
+    }
+
+    fn set_hostname(&self, runs: &[DomainRun]) {
+        let Some(template) = &self.config.hostname else {
+            return;
+        };
+        // Instance-wide: rendered with the first domain's values, as before.
+        let values = runs
+            .first()
+            .map_or_else(|| self.shared.base_values.clone(), |r| r.values.clone());
+        let name = template.render(&values);
+        if !self.options.set_hostname {
+            tracing::info!("hostname would be {name:?}; left unchanged (--keep-hostname)");
+            return;
+        }
+        match nix::unistd::sethostname(&name) {
+            Ok(()) => tracing::info!("hostname set to {name:?}"),
+            // Not critical, as in the Python daemon: the application still runs.
+            Err(e) => tracing::error!("setting the hostname to {name:?} failed: {e}"),
+        }
+    }
+}
+
+fn base_values(facts: &InstanceFacts) -> MacroValues {
+    let mut v = MacroValues::default();
+    v.set("instance_id", facts.instance_id.clone());
+    v.set("instance_type", facts.instance_type.clone());
+    v.set("instance_index", facts.launch_index.clone());
+    v.set("placement_region", facts.region.clone());
+    v.set("placement_zone", facts.zone.clone());
+    v.set("hypervisor", facts.hypervisor.clone());
+    v.set(
+        "primary_public_ipv4",
+        facts.primary_ipv4().unwrap_or_default(),
+    );
+    v.set(
+        "primary_public_ipv6",
+        facts.primary_ipv6().unwrap_or_default(),
+    );
+    v.set("public_ipv4_list", facts.public_ipv4.join(", "));
+    v.set("public_ipv6_list", facts.public_ipv6.join(", "));
+    v.set("pid", std::process::id().to_string());
+    v.set("transaction_id", transaction_id(&facts.instance_id));
+    v
+}
+
+/// Unique per run: the instance and the start time.
+fn transaction_id(instance_id: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{instance_id}-{nanos:x}")
+}
+
+async fn read_user_data_config(imds: &ImdsClient) -> Result<Result<Config, ConfigErrors>> {
+    let data = imds
+        .user_data()
+        .await
+        .context("reading the config from user data")?
+        .ok_or_else(|| {
+            anyhow!("this instance has no user data; give the config with --config FILE")
+        })?;
+    let text = String::from_utf8(data)
+        .map_err(|_| anyhow!("user data is not UTF-8 text (nor gzip of it)"))?;
+    Ok(Config::from_text("user data", &text))
+}
+
+fn spawn_signal_listener(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        stop.cancel();
+    });
+}

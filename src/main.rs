@@ -1,0 +1,139 @@
+//! The `ec2fleetd` command line: `run` the daemon, `check` configs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use ec2fleetd::config::Config;
+use ec2fleetd::lifecycle::{self, ConfigSource, Outcome};
+
+/// EX_CONFIG from sysexits.h: the config is bad.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "ec2fleetd",
+    version,
+    about = "Makes stateful software survive EC2 spot interruptions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring the domains up, then watch for a spot interruption or a signal.
+    Run {
+        /// Read the config from FILE instead of the instance's user data.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where block devices are looked up (sys/block, dev/).
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "EC2FLEETD_DEVICE_ROOT",
+            default_value = "/"
+        )]
+        device_root: PathBuf,
+        /// Seconds between two looks at the spot interruption notice.
+        #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+        poll_interval: Duration,
+        /// Leave the machine's hostname alone even when the config sets one.
+        #[arg(long)]
+        keep_hostname: bool,
+    },
+    /// Validate config files without touching anything.
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 3600"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Check { files } => check(&files),
+        Command::Run {
+            config,
+            device_root,
+            poll_interval,
+            keep_hostname,
+        } => {
+            let options = lifecycle::Options {
+                config: config.map_or(ConfigSource::UserData, ConfigSource::File),
+                device_root,
+                poll_interval,
+                set_hostname: !keep_hostname,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(lifecycle::run(options)) {
+                Outcome::Clean(_) => ExitCode::SUCCESS,
+                Outcome::BadConfig(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+                Outcome::Failed(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut bad = 0;
+    for file in files {
+        match Config::from_file(file) {
+            Ok(c) => println!("{}: ok ({} domain(s))", file.display(), c.domains.len()),
+            Err(e) => {
+                bad += 1;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CONFIG)
+    }
+}
+
+/// Logs to stderr; under systemd (journal) without our own timestamps.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("EC2FLEETD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
