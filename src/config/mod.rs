@@ -258,6 +258,31 @@ impl Config {
     }
 }
 
+/// The keys validation accepts in each kind of object, by the name of its
+/// definition in `schema/config.schema.json` (`""` is the root), so that a
+/// test keeps the schema in step with the code.
+pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    use validate::*;
+    vec![
+        ("", ROOT_KEYS),
+        ("domain", DOMAIN_KEYS),
+        ("volume", VOLUME_KEYS),
+        ("create", CREATE_KEYS),
+        ("record", RECORD_KEYS),
+        ("exec", EXEC_KEYS),
+        ("line", LINE_KEYS),
+        ("notify", NOTIFY_KEYS),
+        ("sns-options", SNS_OPTION_KEYS),
+        ("sqs-options", SQS_OPTION_KEYS),
+        ("envelope", ENVELOPE_KEYS),
+        (
+            "matrix",
+            &["starting", "started", "failed", "stopping", "interrupted"],
+        ),
+        ("matrix-entry", MATRIX_ENTRY_KEYS),
+    ]
+}
+
 /// The closest candidate to a misspelt name, for "did you mean".
 pub(crate) fn suggest<'a>(
     name: &str,

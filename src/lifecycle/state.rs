@@ -61,7 +61,6 @@ impl State {
 mod tests {
     use super::Input::*;
     use super::State::*;
-    use super::*;
 
     #[test]
     fn normal_life() {

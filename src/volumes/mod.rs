@@ -101,7 +101,8 @@ async fn attach_given(
             facts.zone
         );
     }
-    for att in volume.attachments() {
+    // A volume without multi-attach has at most one attachment.
+    if let Some(att) = volume.attachments().first() {
         let holder = att.instance_id().unwrap_or_default();
         if holder == facts.instance_id {
             if att.device() != Some(device) {

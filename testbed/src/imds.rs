@@ -1,0 +1,245 @@
+//! An IMDSv2 emulator: session tokens (PUT, TTL, 401 on a bad or expired
+//! token), the metadata paths ec2fleetd reads, user data, and a control
+//! interface to raise a spot interruption notice.
+//!
+//! Control interface (plain HTTP, no token):
+//! - `POST /control/spot-interruption` with optional JSON
+//!   `{"action": "terminate", "in_seconds": 120, "visible_after_seconds": 0}`
+//! - `DELETE /control/spot-interruption`
+//! - `PUT /control/user-data` with the raw user data as the body
+//! - `GET /control/requests`: how many metadata requests were served
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+/// The instance the emulator describes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceMeta {
+    pub instance_id: String,
+    pub instance_type: String,
+    pub launch_index: u32,
+    pub region: String,
+    pub zone: String,
+    pub mac: String,
+    pub public_ipv4: Option<String>,
+    pub public_ipv6: Option<String>,
+}
+
+/// A spot interruption notice as IMDS shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Notice {
+    pub action: String,
+    pub time: String,
+}
+
+struct Emu {
+    meta: InstanceMeta,
+    user_data: Option<Vec<u8>>,
+    notice: Option<(Notice, Instant)>,
+    tokens: HashMap<String, Instant>,
+    issued: u64,
+    requests: u64,
+}
+
+/// A running emulator; stops when dropped.
+pub struct ImdsEmulator {
+    addr: SocketAddr,
+    state: Arc<Mutex<Emu>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ImdsEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Shared = Arc<Mutex<Emu>>;
+
+impl ImdsEmulator {
+    /// Serves `meta` on `127.0.0.1:port` (0 picks a free port).
+    pub async fn start(meta: InstanceMeta, port: u16) -> std::io::Result<ImdsEmulator> {
+        let state = Arc::new(Mutex::new(Emu {
+            meta,
+            user_data: None,
+            notice: None,
+            tokens: HashMap::new(),
+            issued: 0,
+            requests: 0,
+        }));
+        let app = Router::new()
+            .route("/latest/api/token", put(token))
+            .route("/latest/{*path}", get(metadata))
+            .route("/control/spot-interruption", post(raise).delete(clear))
+            .route("/control/user-data", put(set_user_data))
+            .route("/control/requests", get(requests))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(ImdsEmulator { addr, state, task })
+    }
+
+    /// The base URL for `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_user_data(&self, data: Vec<u8>) {
+        self.state.lock().unwrap().user_data = Some(data);
+    }
+
+    /// Makes a notice visible now, for an action `in_seconds` from now.
+    pub fn raise_spot_interruption(&self, action: &str, in_seconds: u64) -> Notice {
+        let notice = Notice {
+            action: action.to_string(),
+            time: rfc3339(SystemTime::now() + Duration::from_secs(in_seconds)),
+        };
+        self.state.lock().unwrap().notice = Some((notice.clone(), Instant::now()));
+        notice
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.lock().unwrap().requests
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+async fn token(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let ttl = headers
+        .get("x-aws-ec2-metadata-token-ttl-seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(ttl) = ttl.filter(|t| (1..=21_600).contains(t)) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing or invalid X-aws-ec2-metadata-token-ttl-seconds",
+        )
+            .into_response();
+    };
+    let mut emu = s.lock().unwrap();
+    emu.issued += 1;
+    let value = format!("emu-token-{}-{}", emu.issued, std::process::id());
+    emu.tokens
+        .insert(value.clone(), Instant::now() + Duration::from_secs(ttl));
+    (
+        [("x-aws-ec2-metadata-token-ttl-seconds", ttl.to_string())],
+        value,
+    )
+        .into_response()
+}
+
+async fn metadata(
+    State(s): State<Shared>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut emu = s.lock().unwrap();
+    emu.requests += 1;
+    let token = headers
+        .get("x-aws-ec2-metadata-token")
+        .and_then(|v| v.to_str().ok());
+    let valid = token
+        .and_then(|t| emu.tokens.get(t))
+        .is_some_and(|expiry| Instant::now() < *expiry);
+    if !valid {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if path == "user-data" {
+        return match &emu.user_data {
+            Some(d) => d.clone().into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
+    let Some(key) = path.strip_prefix("meta-data/") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let m = &emu.meta;
+    let macs = format!("network/interfaces/macs/{}/", m.mac);
+    let value = match key {
+        "instance-id" => Some(m.instance_id.clone()),
+        "instance-type" => Some(m.instance_type.clone()),
+        "ami-launch-index" => Some(m.launch_index.to_string()),
+        "placement/region" => Some(m.region.clone()),
+        "placement/availability-zone" => Some(m.zone.clone()),
+        "system" => Some("nitro".to_string()),
+        "mac" => Some(m.mac.clone()),
+        "public-ipv4" => m.public_ipv4.clone(),
+        "spot/instance-action" => emu
+            .notice
+            .as_ref()
+            .filter(|(_, visible)| Instant::now() >= *visible)
+            .map(|(n, _)| serde_json::to_string(n).expect("a notice serializes")),
+        k if k == format!("{macs}public-ipv4s") => m.public_ipv4.clone(),
+        k if k == format!("{macs}ipv6s") => m.public_ipv6.clone(),
+        _ => None,
+    };
+    match value {
+        Some(v) => v.into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RaiseRequest {
+    action: Option<String>,
+    in_seconds: Option<u64>,
+    visible_after_seconds: Option<f64>,
+}
+
+async fn raise(State(s): State<Shared>, body: Bytes) -> Response {
+    let req: RaiseRequest = if body.is_empty() {
+        RaiseRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")).into_response(),
+        }
+    };
+    let action = req.action.unwrap_or_else(|| "terminate".into());
+    if !["terminate", "stop", "hibernate"].contains(&action.as_str()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "action is terminate, stop or hibernate",
+        )
+            .into_response();
+    }
+    let in_seconds = req.in_seconds.unwrap_or(120);
+    let visible =
+        Instant::now() + Duration::from_secs_f64(req.visible_after_seconds.unwrap_or(0.0).max(0.0));
+    let notice = Notice {
+        action,
+        time: rfc3339(SystemTime::now() + Duration::from_secs(in_seconds)),
+    };
+    s.lock().unwrap().notice = Some((notice.clone(), visible));
+    Json(notice).into_response()
+}
+
+async fn clear(State(s): State<Shared>) -> StatusCode {
+    s.lock().unwrap().notice = None;
+    StatusCode::NO_CONTENT
+}
+
+async fn set_user_data(State(s): State<Shared>, body: Bytes) -> StatusCode {
+    s.lock().unwrap().user_data = Some(body.to_vec());
+    StatusCode::NO_CONTENT
+}
+
+async fn requests(State(s): State<Shared>) -> String {
+    s.lock().unwrap().requests.to_string()
+}

@@ -1,0 +1,300 @@
+//! A simulated corner of AWS: moto for the APIs, and for each instance an
+//! IMDS emulator and a device root of its own.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ec2::types::{Placement, VolumeType};
+
+use crate::imds::{ImdsEmulator, InstanceMeta};
+use crate::moto::Moto;
+
+/// moto plus clients aimed at it.
+pub struct Testbed {
+    pub moto: Moto,
+    pub region: String,
+    pub sdk: SdkConfig,
+    pub ec2: aws_sdk_ec2::Client,
+    pub route53: aws_sdk_route53::Client,
+    pub sns: aws_sdk_sns::Client,
+    pub sqs: aws_sdk_sqs::Client,
+}
+
+/// One emulated instance: it exists in moto, has its own IMDS and device root.
+pub struct SimInstance {
+    pub meta: InstanceMeta,
+    pub imds: ImdsEmulator,
+    pub root: tempfile::TempDir,
+}
+
+/// moto's credentials are never checked; these keep the SDK from looking
+/// for real ones.
+const TEST_KEY: &str = "testing";
+
+impl Testbed {
+    pub async fn start(region: &str) -> Result<Testbed> {
+        let moto = Moto::start().await?;
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .endpoint_url(&moto.url)
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                TEST_KEY, TEST_KEY, None, None, "testbed",
+            ))
+            .load()
+            .await;
+        Ok(Testbed {
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            route53: aws_sdk_route53::Client::new(&sdk),
+            sns: aws_sdk_sns::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            region: region.to_string(),
+            sdk,
+            moto,
+        })
+    }
+
+    /// Launches an instance in `zone` (a letter such as "a" or a full zone
+    /// name) and starts its IMDS emulator. `ipv6` adds a public IPv6.
+    pub async fn launch_instance(&self, zone: &str, ipv6: Option<&str>) -> Result<SimInstance> {
+        let zone = self.zone(zone);
+        let out = self
+            .ec2
+            .run_instances()
+            .image_id("ami-03cf127a")
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .placement(Placement::builder().availability_zone(&zone).build())
+            .send()
+            .await
+            .context("RunInstances on moto")?;
+        let i = out
+            .instances()
+            .first()
+            .ok_or_else(|| anyhow!("moto launched no instance"))?;
+        let meta = InstanceMeta {
+            instance_id: i.instance_id().unwrap_or_default().to_string(),
+            instance_type: "t3.micro".into(),
+            launch_index: i.ami_launch_index().unwrap_or(0) as u32,
+            region: self.region.clone(),
+            zone,
+            mac: i
+                .network_interfaces()
+                .first()
+                .and_then(|n| n.mac_address())
+                .unwrap_or("02:00:00:00:00:01")
+                .to_string(),
+            public_ipv4: i.public_ip_address().map(String::from),
+            public_ipv6: ipv6.map(String::from),
+        };
+        let imds = ImdsEmulator::start(meta.clone(), 0).await?;
+        let root = tempfile::Builder::new()
+            .prefix("ec2fleetd-root-")
+            .tempdir()?;
+        std::fs::create_dir_all(root.path().join("dev"))?;
+        std::fs::create_dir_all(root.path().join("sys/block"))?;
+        Ok(SimInstance { meta, imds, root })
+    }
+
+    /// A full zone name from a letter.
+    pub fn zone(&self, zone: &str) -> String {
+        if zone.len() == 1 {
+            format!("{}{zone}", self.region)
+        } else {
+            zone.to_string()
+        }
+    }
+
+    pub async fn create_volume(&self, zone: &str, size: i32) -> Result<String> {
+        let out = self
+            .ec2
+            .create_volume()
+            .availability_zone(self.zone(zone))
+            .size(size)
+            .volume_type(VolumeType::Gp3)
+            .send()
+            .await
+            .context("CreateVolume on moto")?;
+        Ok(out.volume_id().unwrap_or_default().to_string())
+    }
+
+    /// Creates a public hosted zone; returns its ID without `/hostedzone/`.
+    pub async fn create_hosted_zone(&self, name: &str) -> Result<String> {
+        let out = self
+            .route53
+            .create_hosted_zone()
+            .name(name)
+            .caller_reference(format!("testbed-{name}"))
+            .send()
+            .await
+            .context("CreateHostedZone on moto")?;
+        let id = out
+            .hosted_zone()
+            .map(|z| z.id().to_string())
+            .unwrap_or_default();
+        Ok(id.trim_start_matches("/hostedzone/").to_string())
+    }
+
+    /// An SNS topic with an SQS queue subscribed: returns (topic ARN, queue URL).
+    pub async fn topic_with_queue(&self, name: &str) -> Result<(String, String)> {
+        let topic = self
+            .sns
+            .create_topic()
+            .name(name)
+            .send()
+            .await
+            .context("CreateTopic")?;
+        let topic_arn = topic.topic_arn().unwrap_or_default().to_string();
+        let queue_url = self.create_queue(&format!("{name}-inbox")).await?;
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .context("GetQueueAttributes")?;
+        let queue_arn = attrs
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+            .cloned()
+            .unwrap_or_default();
+        self.sns
+            .subscribe()
+            .topic_arn(&topic_arn)
+            .protocol("sqs")
+            .endpoint(queue_arn)
+            .send()
+            .await
+            .context("Subscribe")?;
+        Ok((topic_arn, queue_url))
+    }
+
+    pub async fn create_queue(&self, name: &str) -> Result<String> {
+        let out = self
+            .sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .context("CreateQueue")?;
+        Ok(out.queue_url().unwrap_or_default().to_string())
+    }
+
+    /// Takes every message waiting in the queue; returns their bodies.
+    pub async fn drain_queue(&self, queue_url: &str) -> Result<Vec<String>> {
+        let mut bodies = Vec::new();
+        loop {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .context("ReceiveMessage")?;
+            let messages = out.messages();
+            if messages.is_empty() {
+                return Ok(bodies);
+            }
+            for m in messages {
+                bodies.push(m.body().unwrap_or_default().to_string());
+                if let Some(h) = m.receipt_handle() {
+                    self.sqs
+                        .delete_message()
+                        .queue_url(queue_url)
+                        .receipt_handle(h)
+                        .send()
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// The values of the record `name`/`kind` in the zone, if it exists.
+    pub async fn record_values(
+        &self,
+        zone_id: &str,
+        name: &str,
+        kind: &str,
+    ) -> Result<Vec<String>> {
+        let want = format!("{}.", name.trim_end_matches('.'));
+        let out = self
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(zone_id)
+            .send()
+            .await
+            .context("ListResourceRecordSets")?;
+        Ok(out
+            .resource_record_sets()
+            .iter()
+            .filter(|r| r.name() == want && r.r#type().as_str() == kind)
+            .flat_map(|r| r.resource_records().iter().map(|v| v.value().to_string()))
+            .collect())
+    }
+
+    /// (instance ID, attachment state, device) of each attachment of a volume.
+    pub async fn attachments(&self, volume_id: &str) -> Result<Vec<(String, String, String)>> {
+        let out = self
+            .ec2
+            .describe_volumes()
+            .volume_ids(volume_id)
+            .send()
+            .await?;
+        Ok(out
+            .volumes()
+            .iter()
+            .flat_map(|v| v.attachments())
+            .map(|a| {
+                (
+                    a.instance_id().unwrap_or_default().to_string(),
+                    a.state()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    a.device().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
+    }
+
+    /// The environment that aims an ec2fleetd process at this testbed and
+    /// at `instance`.
+    pub fn daemon_env(&self, instance: &SimInstance) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.moto.url.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), TEST_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), TEST_KEY.into()),
+            (
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+                instance.imds.url(),
+            ),
+            (
+                "EC2FLEETD_DEVICE_ROOT".into(),
+                instance.root.path().display().to_string(),
+            ),
+            // Keep the host's AWS files out of the daemon's view.
+            ("AWS_CONFIG_FILE".into(), "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()),
+        ]
+    }
+}
+
+impl SimInstance {
+    /// Makes the volume's Nitro NVMe device appear under this instance's
+    /// device root: `sys/block/nvmeNn1/device/serial` and `dev/nvmeNn1`.
+    pub fn plug_volume(&self, volume_id: &str) -> Result<PathBuf> {
+        let block = self.root.path().join("sys/block");
+        let n = std::fs::read_dir(&block)?.count() + 1;
+        let name = format!("nvme{n}n1");
+        std::fs::create_dir_all(block.join(&name).join("device"))?;
+        std::fs::write(
+            block.join(&name).join("device/serial"),
+            volume_id.replace('-', ""),
+        )?;
+        let node = self.root.path().join("dev").join(&name);
+        std::fs::write(&node, b"")?;
+        Ok(node)
+    }
+}

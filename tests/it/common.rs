@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use ec2fleetd_testbed::daemon::{uts_namespace_available, DaemonProcess};
+pub use ec2fleetd_testbed::world::{SimInstance, Testbed};
+
+/// Long enough for a loaded 2-core machine; the tests do not measure speed.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn daemon_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ec2fleetd"))
+}
+
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A hook that appends its argv (and the hostname it sees) to `log`, one
+/// line per call, so that tests can see what ran with which values.
+pub fn recorder(dir: &Path, log: &Path) -> PathBuf {
+    let path = dir.join("record-hook");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nprintf '%s|' \"$(hostname)\" \"$@\" >> '{}'\nprintf '\\n' >> '{}'\n",
+            log.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The recorded calls: each is the hostname then the arguments.
+pub fn recorded(log: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            l.trim_end_matches('|')
+                .split('|')
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes a config file into `dir`.
+pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ec2fleetd-test-")
+        .tempdir()
+        .unwrap()
+}

@@ -1,0 +1,6 @@
+//! ec2fleetd's integration tests: one binary, run against moto and the IMDS
+//! emulator from `ec2fleetd-testbed`. None of them reaches AWS.
+
+mod check;
+mod common;
+mod run;
