@@ -131,9 +131,10 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr);
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
     } else {
-        builder.init();
+        builder.with_ansi(colour).init();
     }
 }

@@ -137,7 +137,7 @@ impl ExecBlock {
     }
 }
 
-/// One command: argv (argv[0] an absolute path) and its exit-code spec.
+/// One command: `argv` (`argv[0]` an absolute path) and its exit-code spec.
 #[derive(Debug, Clone)]
 pub struct ExecLine {
     pub argv: Vec<Template>,

@@ -1,1 +1,216 @@
-fn main() {}
+//! `ec2fleetd-testbed`: the emulators from the command line, and a demo of a
+//! whole instance life with no AWS account.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use ec2fleetd_testbed::daemon::DaemonProcess;
+use ec2fleetd_testbed::imds::{ImdsEmulator, InstanceMeta};
+use ec2fleetd_testbed::world::Testbed;
+
+#[derive(Parser)]
+#[command(
+    name = "ec2fleetd-testbed",
+    about = "Emulators for ec2fleetd: IMDSv2, moto, a simulated instance"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve an IMDSv2 emulator until Ctrl-C. Raise a spot notice with
+    /// `curl -X POST http://ADDR/control/spot-interruption`.
+    Imds {
+        #[arg(long, default_value = "8111")]
+        port: u16,
+        #[arg(long, default_value = "i-0123456789abcdef0")]
+        instance_id: String,
+        #[arg(long, default_value = "t3.micro")]
+        instance_type: String,
+        #[arg(long, default_value = "0")]
+        launch_index: u32,
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        #[arg(long, default_value = "us-east-1a")]
+        zone: String,
+        #[arg(long, default_value = "02:00:00:00:00:01")]
+        mac: String,
+        #[arg(long, default_value = "198.51.100.7")]
+        public_ipv4: String,
+        #[arg(long)]
+        public_ipv6: Option<String>,
+        /// Serve this file as the user data.
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<PathBuf>,
+    },
+    /// Run the seed Minecraft config through a whole instance life on moto
+    /// and the IMDS emulator: boot, attach, DNS, hooks, notice, shutdown.
+    Demo {
+        /// The ec2fleetd binary (default: next to this one).
+        #[arg(long)]
+        daemon: Option<PathBuf>,
+        /// The config to run (default: examples/minecraft.jsonc).
+        #[arg(long)]
+        example: Option<PathBuf>,
+    },
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Imds {
+            port,
+            instance_id,
+            instance_type,
+            launch_index,
+            region,
+            zone,
+            mac,
+            public_ipv4,
+            public_ipv6,
+            user_data,
+        } => {
+            let meta = InstanceMeta {
+                instance_id,
+                instance_type,
+                launch_index,
+                region,
+                zone,
+                mac,
+                public_ipv4: Some(public_ipv4),
+                public_ipv6,
+            };
+            let emu = ImdsEmulator::start(meta, port).await?;
+            if let Some(file) = user_data {
+                emu.set_user_data(
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+                );
+            }
+            println!("IMDSv2 emulator on {}", emu.url());
+            println!("  export AWS_EC2_METADATA_SERVICE_ENDPOINT={}", emu.url());
+            println!(
+                "  curl -X POST {}/control/spot-interruption   # raise a spot notice",
+                emu.url()
+            );
+            tokio::signal::ctrl_c().await?;
+            Ok(())
+        }
+        Command::Demo { daemon, example } => demo(daemon, example).await,
+    }
+}
+
+fn step(text: &str) {
+    println!("\n==> {text}");
+}
+
+async fn demo(daemon: Option<PathBuf>, example: Option<PathBuf>) -> Result<()> {
+    let daemon = match daemon {
+        Some(d) => d,
+        None => std::env::current_exe()?.with_file_name("ec2fleetd"),
+    };
+    let example = example.unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/minecraft.jsonc")
+    });
+
+    step("starting moto (the AWS APIs on loopback)");
+    let tb = Testbed::start("us-east-1").await?;
+    println!("    moto at {}", tb.moto.url);
+
+    step("launching a simulated spot instance");
+    let instance = tb.launch_instance("a", Some("2001:db8::7")).await?;
+    let m = &instance.meta;
+    println!(
+        "    {} in {}, public {} and {}, IMDS emulator at {}",
+        m.instance_id,
+        m.zone,
+        m.public_ipv4.as_deref().unwrap_or("-"),
+        m.public_ipv6.as_deref().unwrap_or("-"),
+        instance.imds.url()
+    );
+
+    step("creating the data volume, the hosted zone and the notification topic");
+    let volume = tb.create_volume("a", 20).await?;
+    let device = instance.plug_volume(&volume)?;
+    let zone = tb.create_hosted_zone("my-world.mc").await?;
+    let (topic, queue) = tb.topic_with_queue("fleet-events").await?;
+    println!(
+        "    volume {volume} (its NVMe device will show as {})",
+        device.display()
+    );
+    println!("    hosted zone {zone} (my-world.mc), topic {topic} → SQS queue");
+
+    let run_dir = tempfile::Builder::new()
+        .prefix("ec2fleetd-demo-")
+        .tempdir()?;
+    let hook = run_dir.path().join("demo-hook");
+    std::fs::write(&hook, "#!/bin/sh\necho \"demo hook would run: $*\"\n")?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    let hook = hook.display().to_string();
+    let config = std::fs::read_to_string(&example)
+        .with_context(|| format!("reading {}", example.display()))?
+        .replace("vol-0123456789abcdef0", &volume)
+        .replace("Z0123456789ABCDEFGHIJ", &zone)
+        .replace("arn:aws:sns:us-east-1:123456789012:fleet-events", &topic)
+        .replace("\"/bin/mount\"", &format!("\"{hook}\", \"mount\", \"{{attached_device}}\""))
+        .replace("\"/bin/systemctl\"", &format!("\"{hook}\", \"systemctl\""))
+        .replace(
+            "\"/path/to/interrupt/script\"",
+            &format!("\"{hook}\", \"warn players, save the world, stop the server: {{interrupt_action}} at {{interrupt_time}}\""),
+        );
+    let config_path = run_dir.path().join("minecraft.jsonc");
+    std::fs::write(&config_path, config)?;
+    println!(
+        "    config: {} with these IDs, its commands replaced by {hook} (which only prints)",
+        example.display()
+    );
+
+    step("starting ec2fleetd run --config … (its log follows)");
+    let config_arg = config_path.display().to_string();
+    let mut proc = DaemonProcess::spawn(
+        &daemon,
+        &["run", "--config", &config_arg, "--keep-hostname"],
+        &tb.daemon_env(&instance),
+        false,
+    )?;
+    proc.wait_ready(Duration::from_secs(60)).await?;
+
+    step("ec2fleetd told systemd READY=1; what AWS looks like now");
+    for (id, state, dev) in tb.attachments(&volume).await? {
+        println!("    {volume}: {state} to {id} as {dev}");
+    }
+    for kind in ["A", "AAAA"] {
+        println!(
+            "    my-world.mc {kind} → {}",
+            tb.record_values(&zone, "my-world.mc", kind)
+                .await?
+                .join(", ")
+        );
+    }
+
+    step("raising a spot interruption notice in the IMDS emulator");
+    let notice = instance.imds.raise_spot_interruption("terminate", 120);
+    println!(
+        "    {{\"action\": \"{}\", \"time\": \"{}\"}}",
+        notice.action, notice.time
+    );
+    let code = proc.wait_exit(Duration::from_secs(60)).await?;
+
+    step(&format!("ec2fleetd exited with status {code}"));
+    for body in tb.drain_queue(&queue).await? {
+        let envelope: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        println!(
+            "    notification: {}",
+            envelope["Subject"].as_str().unwrap_or(&body)
+        );
+    }
+    println!("    systemd heard: {}", proc.notify.messages().join(" | "));
+    anyhow::ensure!(code == 0, "ec2fleetd did not exit cleanly");
+    println!("\nThe whole life of a spot instance, with no AWS account. Done.");
+    Ok(())
+}
