@@ -47,7 +47,10 @@ struct Emu {
     user_data: Option<Vec<u8>>,
     notice: Option<(Notice, Instant)>,
     tokens: HashMap<String, Instant>,
+    /// Grant at most this TTL, whatever is asked (to exercise refreshes).
+    token_ttl_cap: Option<u64>,
     issued: u64,
+    unauthorized: u64,
     requests: u64,
 }
 
@@ -74,7 +77,9 @@ impl ImdsEmulator {
             user_data: None,
             notice: None,
             tokens: HashMap::new(),
+            token_ttl_cap: None,
             issued: 0,
+            unauthorized: 0,
             requests: 0,
         }));
         let app = Router::new()
@@ -111,8 +116,29 @@ impl ImdsEmulator {
         notice
     }
 
+    /// Metadata requests served (any answer).
     pub fn requests(&self) -> u64 {
         self.state.lock().unwrap().requests
+    }
+
+    /// Tokens handed out so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.state.lock().unwrap().issued
+    }
+
+    /// Requests refused with 401.
+    pub fn unauthorized(&self) -> u64 {
+        self.state.lock().unwrap().unauthorized
+    }
+
+    /// Every token stops working now, as after an IMDS restart.
+    pub fn revoke_tokens(&self) {
+        self.state.lock().unwrap().tokens.clear();
+    }
+
+    /// Grants tokens of at most `seconds`, whatever the client asks for.
+    pub fn cap_token_ttl(&self, seconds: u64) {
+        self.state.lock().unwrap().token_ttl_cap = Some(seconds);
     }
 }
 
@@ -133,6 +159,7 @@ async fn token(State(s): State<Shared>, headers: HeaderMap) -> Response {
             .into_response();
     };
     let mut emu = s.lock().unwrap();
+    let ttl = emu.token_ttl_cap.map_or(ttl, |cap| ttl.min(cap));
     emu.issued += 1;
     let value = format!("emu-token-{}-{}", emu.issued, std::process::id());
     emu.tokens
@@ -158,6 +185,7 @@ async fn metadata(
         .and_then(|t| emu.tokens.get(t))
         .is_some_and(|expiry| Instant::now() < *expiry);
     if !valid {
+        emu.unauthorized += 1;
         return StatusCode::UNAUTHORIZED.into_response();
     }
     if path == "user-data" {

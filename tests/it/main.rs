@@ -3,5 +3,6 @@
 
 mod check;
 mod common;
+mod imds;
 mod run;
 mod units;
