@@ -22,16 +22,24 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-/// The instance the emulator describes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The instance the emulator describes (also the `imds` command's options).
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct InstanceMeta {
+    #[arg(long, default_value = "i-0123456789abcdef0")]
     pub instance_id: String,
+    #[arg(long, default_value = "t3.micro")]
     pub instance_type: String,
+    #[arg(long, default_value = "0")]
     pub launch_index: u32,
+    #[arg(long, default_value = "us-east-1")]
     pub region: String,
+    #[arg(long, default_value = "us-east-1a")]
     pub zone: String,
+    #[arg(long, default_value = "02:00:00:00:00:01")]
     pub mac: String,
+    #[arg(long, default_value = "198.51.100.7")]
     pub public_ipv4: Option<String>,
+    #[arg(long)]
     pub public_ipv6: Option<String>,
 }
 

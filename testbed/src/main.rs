@@ -28,22 +28,8 @@ enum Command {
     Imds {
         #[arg(long, default_value = "8111")]
         port: u16,
-        #[arg(long, default_value = "i-0123456789abcdef0")]
-        instance_id: String,
-        #[arg(long, default_value = "t3.micro")]
-        instance_type: String,
-        #[arg(long, default_value = "0")]
-        launch_index: u32,
-        #[arg(long, default_value = "us-east-1")]
-        region: String,
-        #[arg(long, default_value = "us-east-1a")]
-        zone: String,
-        #[arg(long, default_value = "02:00:00:00:00:01")]
-        mac: String,
-        #[arg(long, default_value = "198.51.100.7")]
-        public_ipv4: String,
-        #[arg(long)]
-        public_ipv6: Option<String>,
+        #[command(flatten)]
+        meta: InstanceMeta,
         /// Serve this file as the user data.
         #[arg(long, value_name = "FILE")]
         user_data: Option<PathBuf>,
@@ -65,26 +51,9 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Imds {
             port,
-            instance_id,
-            instance_type,
-            launch_index,
-            region,
-            zone,
-            mac,
-            public_ipv4,
-            public_ipv6,
+            meta,
             user_data,
         } => {
-            let meta = InstanceMeta {
-                instance_id,
-                instance_type,
-                launch_index,
-                region,
-                zone,
-                mac,
-                public_ipv4: Some(public_ipv4),
-                public_ipv6,
-            };
             let emu = ImdsEmulator::start(meta, port).await?;
             if let Some(file) = user_data {
                 emu.set_user_data(
