@@ -61,12 +61,13 @@ pub fn region_from_env() -> Option<String> {
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
 }
 
-/// Where calls to `service` go, for error messages.
+/// Where calls to `service` go, for error messages. `service` is the SDK's
+/// service ID as its endpoint variable spells it (`EC2`, `ROUTE_53`, `SNS`, `SQS`).
 pub fn endpoint_of(service: &str) -> String {
-    let specific = format!("AWS_ENDPOINT_URL_{}", service.to_uppercase());
+    let specific = format!("AWS_ENDPOINT_URL_{service}");
     std::env::var(&specific)
         .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-        .unwrap_or_else(|_| format!("the {service} regional endpoint"))
+        .unwrap_or_else(|_| format!("the default {} endpoint", service.replace('_', "")))
 }
 
 /// An SDK error as one line with its causes, and its AWS error code if any.

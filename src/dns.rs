@@ -60,7 +60,7 @@ pub async fn upsert(
                 "ChangeResourceRecordSets UPSERT {} in zone {} failed ({}): {}",
                 target.name,
                 target.hosted_zone,
-                aws::endpoint_of("route53"),
+                aws::endpoint_of("ROUTE_53"),
                 aws::describe(&e)
             )
         })?;

@@ -240,6 +240,21 @@ impl Config {
         validate::config(&root).map_err(to_errors)
     }
 
+    /// Volume sources the config names that `run` cannot use yet:
+    /// (domain, device, source).
+    pub fn unsupported_sources(&self) -> Vec<(&str, &str, VolumeSource)> {
+        self.domains
+            .iter()
+            .flat_map(|d| d.volumes.iter().map(move |v| (d, v)))
+            .flat_map(|(d, v)| {
+                v.sources
+                    .iter()
+                    .filter(|s| **s != VolumeSource::Given)
+                    .map(move |s| (d.name.as_str(), v.device.as_str(), *s))
+            })
+            .collect()
+    }
+
     /// Reads and validates a config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
         let source = path.display().to_string();

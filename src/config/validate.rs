@@ -97,9 +97,24 @@ impl<'n> Obj<'n> {
 #[derive(Default)]
 struct Validator {
     problems: Vec<RawProblem>,
+    /// Volume IDs and device names already claimed, with where: all domains
+    /// share one instance, so each may appear once in the whole config.
+    claimed: Vec<(String, String)>,
 }
 
 impl Validator {
+    /// Reports `what` (a volume ID or device) when an earlier volume has it.
+    fn claim(&mut self, at: usize, path: &str, what: &str) {
+        if let Some((_, first)) = self.claimed.iter().find(|(w, _)| w == what) {
+            let message = format!(
+                "{what} is already used at {first}: each volume and device may appear once"
+            );
+            self.problem(at, path, message);
+        } else {
+            self.claimed.push((what.to_string(), path.to_string()));
+        }
+    }
+
     fn problem(&mut self, at: usize, path: &str, message: impl Into<String>) {
         self.problems.push(RawProblem {
             at,
@@ -353,6 +368,7 @@ impl Validator {
                     format!("{d:?} is not a device name such as \"/dev/xvdf\""),
                 );
             }
+            self.claim(n.at, &p, &d);
             Some(d)
         });
         let volume_id = obj.get("volume-id").and_then(|n| {
@@ -365,6 +381,7 @@ impl Validator {
                     format!("{id:?} is not a volume ID such as \"vol-0123456789abcdef0\""),
                 );
             }
+            self.claim(n.at, &p, &id);
             Some(id)
         });
         let pool_name = obj
@@ -467,9 +484,17 @@ impl Validator {
             .required(&obj, node, path, "hostedzone")
             .and_then(|n| self.nonempty_string(n, &key_path(path, "hostedzone")))
             .map(|z| z.trim_start_matches("/hostedzone/").to_string());
-        let name = self
-            .required(&obj, node, path, "name")
-            .and_then(|n| self.template(n, &key_path(path, "name")));
+        let name = self.required(&obj, node, path, "name").and_then(|n| {
+            let t = self.template(n, &key_path(path, "name"))?;
+            if t.as_literal().is_some_and(|l| l.trim().is_empty()) {
+                self.problem(
+                    n.at,
+                    &key_path(path, "name"),
+                    "a record name must not be empty",
+                );
+            }
+            Some(t)
+        });
         let ttl = obj.get("ttl").map_or(Some(60), |n| {
             self.integer(n, &key_path(path, "ttl"), 0, 2_147_483_647)
         });
@@ -531,6 +556,13 @@ impl Validator {
                     }
                 }
             }
+            if items.is_empty() {
+                self.problem(
+                    n.at,
+                    &p,
+                    "an empty \"on\" list never runs: name events, or leave \"on\" out to run for every event",
+                );
+            }
             Some(events)
         });
         let block_ec = match obj.get("ec") {
@@ -571,26 +603,30 @@ impl Validator {
                 );
                 return None;
             }
-            let mut argv = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                argv.push(self.template(item, &index_path(&argv_path, i))?);
-            }
-            match argv[0].as_literal() {
-                Some(p) if p.starts_with('/') => {}
-                Some(p) => self.problem(
+            // Every element is checked, so that one run reports every error.
+            let argv: Vec<Option<Template>> = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| self.template(item, &index_path(&argv_path, i)))
+                .collect();
+            let first = index_path(&argv_path, 0);
+            match argv[0].as_ref().map(Template::as_literal) {
+                Some(Some(p)) if p.starts_with('/') => {}
+                Some(Some(p)) => self.problem(
                     items[0].at,
-                    &index_path(&argv_path, 0),
+                    &first,
                     format!(
                         "{p:?} is not an absolute path: hooks run without a shell or PATH search"
                     ),
                 ),
-                None => self.problem(
+                Some(None) => self.problem(
                     items[0].at,
-                    &index_path(&argv_path, 0),
+                    &first,
                     "argv[0] must be a literal absolute path, without macros",
                 ),
+                None => {}
             }
-            Some(argv)
+            argv.into_iter().collect::<Option<Vec<_>>>()
         });
         let ec = match obj.get("ec") {
             Some(n) => self.ec(n, &key_path(path, "ec")),
@@ -718,8 +754,12 @@ fn is_volume_id(id: &str) -> bool {
 }
 
 fn check_hostname(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 253 {
-        return Err("a hostname has 1 to 253 characters".into());
+    // Linux takes at most 64 bytes (HOST_NAME_MAX).
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!(
+            "a hostname has 1 to 64 characters; {name:?} has {}",
+            name.len()
+        ));
     }
     for label in name.trim_end_matches('.').split('.') {
         let ok = !label.is_empty()
@@ -857,6 +897,52 @@ mod tests {
         let p = problems("{\n \"domains\": {,}\n}");
         assert_eq!(p.len(), 1);
         assert!(p[0].starts_with("2:"), "{p:?}");
+    }
+
+    #[test]
+    fn argv_reports_every_error_in_one_line() {
+        let p = problems(
+            r#"{ "domains": { "d": { "exec": [{ "lines": [{ "argv": ["bin/x", "{bad}"] }] }] } } }"#,
+        );
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(
+            p[0].contains("argv[0]") && p[0].contains("absolute"),
+            "{p:#?}"
+        );
+        assert!(
+            p[1].contains("argv[1]") && p[1].contains("unknown macro"),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn empty_on_list_is_rejected() {
+        let p = problems(r#"{ "domains": { "d": { "exec": [{ "on": [], "lines": [] }] } } }"#);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("never runs"), "{p:?}");
+    }
+
+    #[test]
+    fn a_volume_or_device_appears_once_in_the_config() {
+        let vol =
+            r#"{ "device": "/dev/xvdf", "source": "x", "volume-id": "vol-0123456789abcdef0" }"#;
+        let p = problems(&format!(
+            r#"{{ "domains": {{ "a": {{ "attach-volume": [{vol}] }}, "b": {{ "attach-volume": [{vol}] }} }} }}"#
+        ));
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(
+            p.iter()
+                .all(|l| l.contains("already used at $.domains.a[\"attach-volume\"][0]")),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn hostname_fits_the_kernel() {
+        let long = format!("{}.example.com", "a".repeat(60));
+        let p = problems(&format!(r#"{{ "hostname": "{long}", "domains": {{}} }}"#));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("1 to 64 characters"), "{p:?}");
     }
 
     #[test]

@@ -40,6 +40,16 @@ pub enum ImdsError {
         path: String,
         status: u16,
     },
+    #[error("instance metadata service at {endpoint} refused a session token ({status}): IMDS may be disabled for this instance")]
+    TokenRefused { endpoint: String, status: u16 },
+    #[error("the user data looks gzipped but does not inflate: {0}")]
+    BadGzip(String),
+}
+
+/// Why a token could not be had: worth retrying, or final.
+enum TokenError {
+    Retry(String),
+    Refused(u16),
 }
 
 struct Token {
@@ -99,11 +109,7 @@ impl ImdsClient {
             let mut out = Vec::new();
             flate2::read::MultiGzDecoder::new(&bytes[..])
                 .read_to_end(&mut out)
-                .map_err(|e| ImdsError::Unreachable {
-                    endpoint: self.endpoint.clone(),
-                    path: "/latest/user-data".into(),
-                    reason: format!("user data looks gzipped but does not inflate: {e}"),
-                })?;
+                .map_err(|e| ImdsError::BadGzip(e.to_string()))?;
             return Ok(Some(out));
         }
         Ok(Some(bytes))
@@ -121,9 +127,15 @@ impl ImdsClient {
             }
             let token = match self.token().await {
                 Ok(t) => t,
-                Err(reason) => {
+                Err(TokenError::Retry(reason)) => {
                     last = reason;
                     continue;
+                }
+                Err(TokenError::Refused(status)) => {
+                    return Err(ImdsError::TokenRefused {
+                        endpoint: self.endpoint.clone(),
+                        status,
+                    })
                 }
             };
             let url = format!("{}{}", self.endpoint, path);
@@ -147,8 +159,12 @@ impl ImdsClient {
                 },
                 404 => return Ok(None),
                 401 => {
-                    // Expired or revoked: the next attempt fetches a new one.
-                    *self.token.lock().await = None;
+                    // Expired or revoked: the next attempt fetches a new one,
+                    // unless another request already has.
+                    let mut slot = self.token.lock().await;
+                    if slot.as_ref().is_some_and(|t| t.value == token) {
+                        *slot = None;
+                    }
                     last = "401 Unauthorized (token refused)".into();
                 }
                 s if s >= 500 || s == 429 => last = format!("status {s}"),
@@ -168,7 +184,7 @@ impl ImdsClient {
         })
     }
 
-    async fn token(&self) -> Result<String, String> {
+    async fn token(&self) -> Result<String, TokenError> {
         let mut slot = self.token.lock().await;
         if let Some(t) = slot.as_ref() {
             if Instant::now() < t.refresh_at {
@@ -185,10 +201,14 @@ impl ImdsClient {
             )
             .send()
             .await
-            .map_err(|e| format!("token request failed: {}", describe(&e)))?;
+            .map_err(|e| TokenError::Retry(format!("token request failed: {}", describe(&e))))?;
         let status = response.status().as_u16();
-        if status != 200 {
-            return Err(format!("token request answered {status}"));
+        match status {
+            200 => {}
+            s if s >= 500 || s == 429 => {
+                return Err(TokenError::Retry(format!("token request answered {s}")))
+            }
+            s => return Err(TokenError::Refused(s)),
         }
         // The service may grant less than asked: honour what it says.
         let ttl = response
@@ -196,11 +216,12 @@ impl ImdsClient {
             .get("X-aws-ec2-metadata-token-ttl-seconds")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .map_or(TOKEN_TTL, Duration::from_secs);
+            .map_or(TOKEN_TTL, Duration::from_secs)
+            .min(TOKEN_TTL);
         let value = response
             .text()
             .await
-            .map_err(|e| format!("token body unreadable: {}", describe(&e)))?;
+            .map_err(|e| TokenError::Retry(format!("token body unreadable: {}", describe(&e))))?;
         *slot = Some(Token {
             value: value.clone(),
             refresh_at: started + ttl - TOKEN_REFRESH_MARGIN.min(ttl / 4),

@@ -46,7 +46,8 @@ pub enum Outcome {
     Clean(State),
     /// The config is bad: exit 78 (EX_CONFIG), nothing touched.
     BadConfig(ConfigErrors),
-    /// Init failed (the `failed` hooks ran where a config was read): exit 1.
+    /// Init failed: exit 1. The `failed` hooks ran if the failure came after
+    /// the config and the instance's facts were read.
     Failed(anyhow::Error),
 }
 
@@ -107,6 +108,13 @@ pub async fn run(options: Options) -> Outcome {
     daemon.live().await
 }
 
+/// How a guarded phase of init ended.
+enum Phase<T> {
+    Done(T),
+    TimedOut(anyhow::Error),
+    Stopped,
+}
+
 struct Daemon {
     config: Config,
     shared: Arc<Shared>,
@@ -122,49 +130,31 @@ impl Daemon {
         let n = self.config.domains.len();
         systemd::status(&format!("starting: bringing up {n} domain(s)"));
         tracing::info!("starting: bringing up {n} domain(s)");
+        // `timeout` covers bring-up and the started hooks.
+        let deadline = self.config.timeout.map(|t| tokio::time::Instant::now() + t);
 
-        let bring_up = self.bring_up_all();
-        let timeout = self.config.timeout;
-        let result = tokio::select! {
-            r = async {
-                match timeout {
-                    Some(t) => tokio::time::timeout(t, bring_up).await.unwrap_or_else(|_| {
-                        Err(anyhow!("init did not finish within the timeout of {}s", t.as_secs_f64()))
-                    }),
-                    None => bring_up.await,
-                }
-            } => Some(r),
-            _ = self.stop.cancelled() => None,
-        };
-        let mut runs = match result {
-            None => {
-                // Dropping the bring-up ends its hooks (they are killed on drop).
-                let runs = self.fresh_runs();
-                return self
-                    .finish(
-                        state.next(Input::Signal).expect("starting → stopping"),
-                        runs,
-                        None,
-                    )
-                    .await;
+        let runs = match self.guarded(self.bring_up_all(), deadline).await {
+            Phase::Done((runs, None)) => runs,
+            Phase::Done((runs, Some(e))) => return self.finish(State::Failed, runs, Some(e)).await,
+            Phase::TimedOut(e) => {
+                return self.finish(State::Failed, self.fresh_runs(), Some(e)).await
             }
-            Some(Err(e)) => {
-                let runs = self.fresh_runs();
-                return self.finish(State::Failed, runs, Some(e)).await;
-            }
-            Some(Ok(runs)) => runs,
+            // Dropping the bring-up ends its hooks (they are killed on drop).
+            Phase::Stopped => return self.finish(State::Stopping, self.fresh_runs(), None).await,
         };
 
         self.set_hostname(&runs);
         state = state.next(Input::InitDone).expect("starting → started");
-        if let Err(e) = self.started(&mut runs).await {
-            return self
-                .finish(
-                    state.next(Input::InitFailed).expect("started → failed"),
-                    runs,
-                    Some(e),
-                )
-                .await;
+        match self.guarded(self.started(&runs), deadline).await {
+            Phase::Done(Ok(())) => {}
+            Phase::Done(Err(e)) | Phase::TimedOut(e) => {
+                let failed = state.next(Input::InitFailed).expect("started → failed");
+                return self.finish(failed, runs, Some(e)).await;
+            }
+            Phase::Stopped => {
+                let stopping = state.next(Input::Signal).expect("started → stopping");
+                return self.finish(stopping, runs, None).await;
+            }
         }
         let took = started_at.elapsed().as_secs_f64();
         let line =
@@ -184,6 +174,7 @@ impl Daemon {
                 state.next(Input::Signal)
             }
         };
+        let mut runs = runs;
         for run in &mut runs {
             if let Some(n) = &notice {
                 run.values.set("interrupt_action", n.action.clone());
@@ -194,6 +185,30 @@ impl Daemon {
             .await
     }
 
+    /// Runs a phase of init under the init deadline, giving way to a signal.
+    async fn guarded<T>(
+        &self,
+        phase: impl std::future::Future<Output = T>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Phase<T> {
+        let timed = async {
+            match deadline {
+                Some(d) => match tokio::time::timeout_at(d, phase).await {
+                    Ok(v) => Phase::Done(v),
+                    Err(_) => Phase::TimedOut(anyhow!(
+                        "init did not finish within the timeout of {}s",
+                        self.config.timeout.unwrap_or_default().as_secs_f64()
+                    )),
+                },
+                None => Phase::Done(phase.await),
+            }
+        };
+        tokio::select! {
+            p = timed => p,
+            _ = self.stop.cancelled() => Phase::Stopped,
+        }
+    }
+
     fn fresh_runs(&self) -> Vec<DomainRun> {
         self.config
             .domains
@@ -202,8 +217,9 @@ impl Daemon {
             .collect()
     }
 
-    /// Every domain in parallel; the first failure is reported with its domain.
-    async fn bring_up_all(&self) -> Result<Vec<DomainRun>> {
+    /// Every domain in parallel. Returns every domain's run (so that the
+    /// `failed` hooks see what was attached) and what failed, by domain.
+    async fn bring_up_all(&self) -> (Vec<DomainRun>, Option<anyhow::Error>) {
         let mut set = JoinSet::new();
         for (i, domain) in self.config.domains.iter().enumerate() {
             let shared = self.shared.clone();
@@ -216,23 +232,30 @@ impl Daemon {
         let mut done = Vec::new();
         let mut errors = Vec::new();
         while let Some(joined) = set.join_next().await {
-            let (i, run, result) = joined.context("a domain's task panicked")?;
+            let (i, run, result) = match joined {
+                Ok(done) => done,
+                Err(e) => {
+                    errors.push(format!("a domain's task ended abnormally: {e}"));
+                    continue;
+                }
+            };
             if let Err(e) = result {
                 tracing::error!("[{}] bring-up failed: {e:#}", run.domain.name);
                 errors.push(format!("domain {:?}: {e:#}", run.domain.name));
             }
             done.push((i, run));
         }
-        if !errors.is_empty() {
-            errors.sort();
-            return Err(anyhow!("{}", errors.join("; ")));
-        }
         done.sort_by_key(|(i, _)| *i);
-        Ok(done.into_iter().map(|(_, r)| r).collect())
+        let runs = done.into_iter().map(|(_, r)| r).collect();
+        if errors.is_empty() {
+            return (runs, None);
+        }
+        errors.sort();
+        (runs, Some(anyhow!("{}", errors.join("; "))))
     }
 
     /// `started` hooks of every domain in parallel, then notifications.
-    async fn started(&self, runs: &mut [DomainRun]) -> Result<()> {
+    async fn started(&self, runs: &[DomainRun]) -> Result<()> {
         let results = futures_util::future::join_all(
             runs.iter()
                 .map(|r| r.run_hooks(Event::Started, OnFailure::Stop)),

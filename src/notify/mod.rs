@@ -33,7 +33,7 @@ pub async fn send(
             .map_err(|e| {
                 anyhow!(
                     "SNS Publish to {topic_arn} failed ({}): {}",
-                    aws::endpoint_of("sns"),
+                    aws::endpoint_of("SNS"),
                     aws::describe(&e)
                 )
             }),
@@ -48,7 +48,7 @@ pub async fn send(
             .map_err(|e| {
                 anyhow!(
                     "SQS SendMessage to {queue_url} failed ({}): {}",
-                    aws::endpoint_of("sqs"),
+                    aws::endpoint_of("SQS"),
                     aws::describe(&e)
                 )
             }),

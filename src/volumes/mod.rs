@@ -128,7 +128,7 @@ async fn attach_given(
             anyhow!(
                 "AttachVolume {id} to {} failed ({}): {}",
                 facts.instance_id,
-                aws::endpoint_of("ec2"),
+                aws::endpoint_of("EC2"),
                 aws::describe(&e)
             )
         })?;
@@ -148,7 +148,7 @@ async fn describe(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Volume> {
             } else {
                 anyhow!(
                     "DescribeVolumes {id} failed ({}): {}",
-                    aws::endpoint_of("ec2"),
+                    aws::endpoint_of("EC2"),
                     aws::describe(&e)
                 )
             }

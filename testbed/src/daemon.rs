@@ -14,6 +14,7 @@ use crate::notify_socket::NotifySocket;
 
 pub struct DaemonProcess {
     child: Child,
+    readers: Vec<tokio::task::JoinHandle<()>>,
     pub notify: NotifySocket,
     log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
@@ -67,6 +68,7 @@ impl DaemonProcess {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let log = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stdout
@@ -81,16 +83,17 @@ impl DaemonProcess {
         .flatten()
         {
             let log = log.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     eprintln!("  | {line}");
                     log.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         Ok(DaemonProcess {
             child,
+            readers,
             notify,
             log,
             _dir: dir,
@@ -130,8 +133,11 @@ impl DaemonProcess {
                     self.log()
                 )
             })??;
-        // Let the output readers catch up with the last lines.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The output ends with the process (hooks are done by then): take
+        // the last lines in.
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
         status.code().context("the daemon was killed by a signal")
     }
 }

