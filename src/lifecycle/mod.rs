@@ -370,17 +370,34 @@ fn transaction_id(instance_id: &str) -> String {
     format!("{instance_id}-{nanos:x}")
 }
 
+/// The config from user data; `Ok(Err)` when the user data is not a usable
+/// config (missing, not text, invalid), `Err` when IMDS could not be read.
 async fn read_user_data_config(imds: &ImdsClient) -> Result<Result<Config, ConfigErrors>> {
     let data = imds
         .user_data()
         .await
-        .context("reading the config from user data")?
-        .ok_or_else(|| {
-            anyhow!("this instance has no user data; give the config with --config FILE")
-        })?;
-    let text = String::from_utf8(data)
-        .map_err(|_| anyhow!("user data is not UTF-8 text (nor gzip of it)"))?;
-    Ok(Config::from_text("user data", &text))
+        .context("reading the config from user data")?;
+    let bad = |message: &str| {
+        Ok(Err(ConfigErrors {
+            source: "user data".into(),
+            problems: vec![crate::config::Problem {
+                line: 1,
+                column: 1,
+                path: "$".into(),
+                message: message.into(),
+            }],
+        }))
+    };
+    let data = data.unwrap_or_default();
+    if data.iter().all(u8::is_ascii_whitespace) {
+        return bad(
+            "this instance has no user data: put the config there, or give it with --config FILE",
+        );
+    }
+    match String::from_utf8(data) {
+        Ok(text) => Ok(Config::from_text("user data", &text)),
+        Err(_) => bad("the user data is neither UTF-8 text nor gzip of it"),
+    }
 }
 
 fn spawn_signal_listener(stop: CancellationToken) {

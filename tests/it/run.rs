@@ -450,3 +450,107 @@ async fn unreachable_endpoints_give_one_clear_error() {
         "{log}"
     );
 }
+
+/// A config with one domain whose `starting` hook marks a file and then
+/// hangs, and whose other events are recorded.
+fn hanging_start(
+    dir: &std::path::Path,
+    timeout: Option<u32>,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let log = dir.join("hooks.log");
+    let hook = recorder(dir, &log);
+    let mark = dir.join("starting.mark");
+    let timeout = timeout.map_or(String::new(), |t| format!("\"timeout\": {t},"));
+    let text = format!(
+        r#"{{ {timeout} "domains": {{ "app": {{ "exec": [
+            {{ "on": ["starting"], "lines": [{{ "argv": ["/bin/sh", "-c", "touch '{mark}'; exec sleep 30"] }}] }},
+            {{ "on": ["failed", "stopping"], "lines": [{{ "argv": ["{hook}", "{{daemon_state}}", "{{error}}"] }}] }} ] }} }} }}"#,
+        mark = mark.display(),
+        hook = hook.display()
+    );
+    (write_config(dir, "hang.jsonc", &text), log, mark)
+}
+
+#[tokio::test]
+async fn init_timeout_takes_the_failed_path() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let (config, log, _) = hanging_start(dir.path(), Some(1));
+    let config = config.display().to_string();
+    let mut daemon = DaemonProcess::spawn(
+        &daemon_bin(),
+        &["run", "--config", &config, "--keep-hostname"],
+        &tb.daemon_env(&instance),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        daemon.wait_exit(EXIT_TIMEOUT).await.unwrap(),
+        1,
+        "{}",
+        daemon.log()
+    );
+    let calls = recorded(&log);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0][1], "failed");
+    assert!(calls[0][2].contains("timeout of 1s"), "{calls:?}");
+}
+
+#[tokio::test]
+async fn sigterm_during_init_takes_the_stopping_path() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let (config, log, mark) = hanging_start(dir.path(), None);
+    let config = config.display().to_string();
+    let mut daemon = DaemonProcess::spawn(
+        &daemon_bin(),
+        &["run", "--config", &config, "--keep-hostname"],
+        &tb.daemon_env(&instance),
+        false,
+    )
+    .unwrap();
+    for _ in 0..1200 {
+        if mark.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        mark.exists(),
+        "the starting hook never ran: {}",
+        daemon.log()
+    );
+    daemon.signal(Signal::SIGTERM).unwrap();
+    assert_eq!(
+        daemon.wait_exit(EXIT_TIMEOUT).await.unwrap(),
+        0,
+        "{}",
+        daemon.log()
+    );
+    let calls = recorded(&log);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0][1], "stopping");
+    assert!(!daemon.notify.messages().iter().any(|m| m == "READY=1"));
+}
+
+#[tokio::test]
+async fn missing_user_data_is_a_config_error() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let mut daemon = DaemonProcess::spawn(
+        &daemon_bin(),
+        &["run", "--keep-hostname"],
+        &tb.daemon_env(&instance),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        daemon.wait_exit(EXIT_TIMEOUT).await.unwrap(),
+        78,
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.log().contains("no user data"), "{}", daemon.log());
+}
