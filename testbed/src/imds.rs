@@ -8,6 +8,9 @@
 //! - `DELETE /control/spot-interruption`
 //! - `PUT /control/user-data` with the raw user data as the body
 //! - `GET /control/requests`: how many metadata requests were served
+//! - `POST /control/faults` with JSON `{"latency_ms": 0, "fail_next": 0}`:
+//!   delay every answer, or answer the next N requests (token requests too)
+//!   with 500
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,6 +60,9 @@ struct Emu {
     tokens: HashMap<String, Instant>,
     /// Grant at most this TTL, whatever is asked (to exercise refreshes).
     token_ttl_cap: Option<u64>,
+    latency: Duration,
+    /// Answer this many of the next requests with 500.
+    fail_next: u32,
     issued: u64,
     unauthorized: u64,
     requests: u64,
@@ -86,6 +92,8 @@ impl ImdsEmulator {
             notice: None,
             tokens: HashMap::new(),
             token_ttl_cap: None,
+            latency: Duration::ZERO,
+            fail_next: 0,
             issued: 0,
             unauthorized: 0,
             requests: 0,
@@ -96,6 +104,7 @@ impl ImdsEmulator {
             .route("/control/spot-interruption", post(raise).delete(clear))
             .route("/control/user-data", put(set_user_data))
             .route("/control/requests", get(requests))
+            .route("/control/faults", post(faults))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
@@ -144,6 +153,16 @@ impl ImdsEmulator {
         self.state.lock().unwrap().tokens.clear();
     }
 
+    /// Delays every answer by `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.lock().unwrap().latency = latency;
+    }
+
+    /// Answers the next `n` requests with 500 Internal Server Error.
+    pub fn fail_next(&self, n: u32) {
+        self.state.lock().unwrap().fail_next = n;
+    }
+
     /// Grants tokens of at most `seconds`, whatever the client asks for.
     pub fn cap_token_ttl(&self, seconds: u64) {
         self.state.lock().unwrap().token_ttl_cap = Some(seconds);
@@ -154,7 +173,43 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// Applies the latency and failure knobs; `Some` is the failure to answer.
+async fn faults_for(s: &Shared) -> Option<Response> {
+    let (latency, fail) = {
+        let mut emu = s.lock().unwrap();
+        let fail = emu.fail_next > 0;
+        if fail {
+            emu.fail_next -= 1;
+        }
+        (emu.latency, fail)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    fail.then(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[derive(Deserialize)]
+struct FaultsRequest {
+    latency_ms: Option<u64>,
+    fail_next: Option<u32>,
+}
+
+async fn faults(State(s): State<Shared>, Json(req): Json<FaultsRequest>) -> StatusCode {
+    let mut emu = s.lock().unwrap();
+    if let Some(ms) = req.latency_ms {
+        emu.latency = Duration::from_millis(ms);
+    }
+    if let Some(n) = req.fail_next {
+        emu.fail_next = n;
+    }
+    StatusCode::NO_CONTENT
+}
+
 async fn token(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(failure) = faults_for(&s).await {
+        return failure;
+    }
     let ttl = headers
         .get("x-aws-ec2-metadata-token-ttl-seconds")
         .and_then(|v| v.to_str().ok())
@@ -184,6 +239,10 @@ async fn metadata(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(failure) = faults_for(&s).await {
+        s.lock().unwrap().requests += 1;
+        return failure;
+    }
     let mut emu = s.lock().unwrap();
     emu.requests += 1;
     let token = headers

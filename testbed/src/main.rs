@@ -86,9 +86,18 @@ async fn demo(daemon: Option<PathBuf>, example: Option<PathBuf>) -> Result<()> {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/minecraft.jsonc")
     });
 
-    step("starting moto (the AWS APIs on loopback)");
+    step("starting the AWS test double (moto with AWS's rules and timings, on loopback)");
     let tb = Testbed::start("us-east-1").await?;
-    println!("    moto at {}", tb.moto.url);
+    if let Some(double) = &tb.double {
+        // Real AWS takes its time; so does the demo.
+        double
+            .configure(serde_json::json!({"delays": {"attach": 1.0, "device": 0.3, "route53_insync": 2.0}}))
+            .await?;
+    }
+    println!(
+        "    at {}: attaching takes 1 s, the device 0.3 s more",
+        tb.moto.url
+    );
 
     step("launching a simulated spot instance");
     let instance = tb.launch_instance("a", Some("2001:db8::7")).await?;
@@ -104,12 +113,11 @@ async fn demo(daemon: Option<PathBuf>, example: Option<PathBuf>) -> Result<()> {
 
     step("creating the data volume, the hosted zone and the notification topic");
     let volume = tb.create_volume("a", 20).await?;
-    let device = instance.plug_volume(&volume)?;
     let zone = tb.create_hosted_zone("my-world.mc").await?;
     let (topic, queue) = tb.topic_with_queue("fleet-events").await?;
     println!(
-        "    volume {volume} (its NVMe device will show as {})",
-        device.display()
+        "    volume {volume}; the double plays the kernel: once attached, its NVMe device shows up under {}",
+        instance.root.path().display()
     );
     println!("    hosted zone {zone} (my-world.mc), topic {topic} → SQS queue");
 

@@ -1,18 +1,19 @@
-//! A simulated corner of AWS: moto for the APIs, and for each instance an
-//! IMDS emulator and a device root of its own.
-
-use std::path::PathBuf;
+//! A simulated corner of AWS: the AWS test double (or bare moto) for the
+//! APIs, and for each instance an IMDS emulator and a device root of its own.
 
 use anyhow::{anyhow, Context, Result};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::types::{Placement, VolumeType};
 
+use crate::double::DoubleControl;
 use crate::imds::{ImdsEmulator, InstanceMeta};
-use crate::moto::Moto;
+use crate::moto::{Flavour, Moto};
 
-/// moto plus clients aimed at it.
+/// The AWS emulator plus clients aimed at it.
 pub struct Testbed {
     pub moto: Moto,
+    /// The double's control interface; `None` on bare moto.
+    pub double: Option<DoubleControl>,
     pub region: String,
     pub sdk: SdkConfig,
     pub ec2: aws_sdk_ec2::Client,
@@ -33,8 +34,19 @@ pub struct SimInstance {
 const TEST_KEY: &str = "testing";
 
 impl Testbed {
+    /// On the AWS test double: what every test uses.
     pub async fn start(region: &str) -> Result<Testbed> {
-        let moto = Moto::start().await?;
+        Testbed::start_with(region, Flavour::Double).await
+    }
+
+    /// On moto as it comes, to show what the double adds.
+    pub async fn start_bare(region: &str) -> Result<Testbed> {
+        Testbed::start_with(region, Flavour::Bare).await
+    }
+
+    pub async fn start_with(region: &str, flavour: Flavour) -> Result<Testbed> {
+        let moto = Moto::start(flavour).await?;
+        let double = (flavour == Flavour::Double).then(|| DoubleControl::new(&moto.url));
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .endpoint_url(&moto.url)
@@ -51,6 +63,7 @@ impl Testbed {
             region: region.to_string(),
             sdk,
             moto,
+            double,
         })
     }
 
@@ -94,7 +107,20 @@ impl Testbed {
             .tempdir()?;
         std::fs::create_dir_all(root.path().join("dev"))?;
         std::fs::create_dir_all(root.path().join("sys/block"))?;
+        if let Some(double) = &self.double {
+            double
+                .register_instance(&meta.instance_id, root.path())
+                .await?;
+        }
         Ok(SimInstance { meta, imds, root })
+    }
+
+    /// `n` instances, spread over `zones` (letters or names) in turn, launched
+    /// concurrently; each with its IMDS emulator and device root.
+    pub async fn launch_fleet(&self, n: usize, zones: &[&str]) -> Result<Vec<SimInstance>> {
+        anyhow::ensure!(!zones.is_empty(), "a fleet needs at least one zone");
+        let launches = (0..n).map(|i| self.launch_instance(zones[i % zones.len()], None));
+        futures_util::future::try_join_all(launches).await
     }
 
     /// A full zone name from a letter.
@@ -278,23 +304,5 @@ impl Testbed {
             ("AWS_CONFIG_FILE".into(), "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()),
         ]
-    }
-}
-
-impl SimInstance {
-    /// Makes the volume's Nitro NVMe device appear under this instance's
-    /// device root: `sys/block/nvmeNn1/device/serial` and `dev/nvmeNn1`.
-    pub fn plug_volume(&self, volume_id: &str) -> Result<PathBuf> {
-        let block = self.root.path().join("sys/block");
-        let n = std::fs::read_dir(&block)?.count() + 1;
-        let name = format!("nvme{n}n1");
-        std::fs::create_dir_all(block.join(&name).join("device"))?;
-        std::fs::write(
-            block.join(&name).join("device/serial"),
-            volume_id.replace('-', ""),
-        )?;
-        let node = self.root.path().join("dev").join(&name);
-        std::fs::write(&node, b"")?;
-        Ok(node)
     }
 }

@@ -109,3 +109,37 @@ async fn unreachable_service_names_the_endpoint() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_5xx_is_retried_through() {
+    let emu = ImdsEmulator::start(meta(), 0).await.unwrap();
+    let client = ImdsClient::new(&emu.url());
+    emu.fail_next(3);
+    assert_eq!(
+        client.meta("instance-id").await.unwrap().as_deref(),
+        Some("i-0abc")
+    );
+    emu.fail_next(20);
+    let err = client.meta("instance-id").await.unwrap_err().to_string();
+    assert!(
+        err.contains("status 500") && err.contains("after 4 attempts"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn slow_answers_are_cut_by_the_request_timeout() {
+    let emu = ImdsEmulator::start(meta(), 0).await.unwrap();
+    let client = ImdsClient::new(&emu.url());
+    client.meta("instance-id").await.unwrap();
+    emu.set_latency(Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    let err = client.meta("instance-id").await.unwrap_err().to_string();
+    assert!(err.contains("timed out"), "{err}");
+    // Four attempts of two seconds and the backoff between them, not 30 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -3,6 +3,7 @@
 
 mod check;
 mod common;
+mod double;
 mod imds;
 mod run;
 mod units;

@@ -23,15 +23,10 @@ struct Minecraft {
     config: std::path::PathBuf,
 }
 
-/// With `plugged`, the volume's device is there from the start; without,
-/// the test makes it appear once the volume is attached.
-async fn minecraft(plugged: bool) -> Minecraft {
+async fn minecraft() -> Minecraft {
     let tb = Testbed::start(REGION).await.unwrap();
     let instance = tb.launch_instance("a", Some(IPV6)).await.unwrap();
     let volume = tb.create_volume("a", 20).await.unwrap();
-    if plugged {
-        instance.plug_volume(&volume).unwrap();
-    }
     let zone = tb.create_hosted_zone("my-world.mc").await.unwrap();
     let (topic, queue) = tb.topic_with_queue("fleet-events").await.unwrap();
     let dir = tempdir();
@@ -63,23 +58,6 @@ async fn minecraft(plugged: bool) -> Minecraft {
     }
 }
 
-/// Makes the volume's device appear once moto shows it attached to the
-/// instance, as the kernel would after the attachment.
-async fn plug_on_attach(tb: &Testbed, instance: &SimInstance, volume: &str) {
-    for _ in 0..1200 {
-        let attached = tb.attachments(volume).await.unwrap();
-        if attached
-            .iter()
-            .any(|(id, state, _)| *id == instance.meta.instance_id && state == "attached")
-        {
-            instance.plug_volume(volume).unwrap();
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{volume} was never attached");
-}
-
 /// SNS messages that reached the queue: (subject, message).
 async fn sns_messages(tb: &Testbed, queue: &str) -> Vec<(String, serde_json::Value)> {
     tb.drain_queue(queue)
@@ -99,7 +77,16 @@ async fn sns_messages(tb: &Testbed, queue: &str) -> Vec<(String, serde_json::Val
 
 #[tokio::test]
 async fn minecraft_example_lives_through_a_spot_interruption() {
-    let m = minecraft(false).await;
+    let m = minecraft().await;
+    // Attaching takes time, and the device shows up later still: the
+    // daemon must wait for both.
+    let delays = serde_json::json!({"delays": {"attach": 0.4, "device": 0.3}});
+    m.tb.double
+        .as_ref()
+        .unwrap()
+        .configure(delays)
+        .await
+        .unwrap();
     let own_uts = uts_namespace_available();
     let machine_hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let config = m.config.display().to_string();
@@ -109,12 +96,7 @@ async fn minecraft_example_lives_through_a_spot_interruption() {
     }
     let mut daemon =
         DaemonProcess::spawn(&daemon_bin(), &args, &m.tb.daemon_env(&m.instance), own_uts).unwrap();
-    // The daemon waits for the device, which shows up only after the attach.
-    let (ready, ()) = tokio::join!(
-        daemon.wait_ready(READY_TIMEOUT),
-        plug_on_attach(&m.tb, &m.instance, &m.volume)
-    );
-    ready.unwrap();
+    daemon.wait_ready(READY_TIMEOUT).await.unwrap();
     let id = &m.instance.meta.instance_id;
     let ipv4 = m
         .instance
@@ -216,11 +198,13 @@ async fn minecraft_example_lives_through_a_spot_interruption() {
 
 #[tokio::test]
 async fn second_run_reuses_the_attached_volume() {
-    let m = minecraft(true).await;
+    let m = minecraft().await;
     let config = m.config.display().to_string();
     let env = m.tb.daemon_env(&m.instance);
     let args = ["run", "--config", config.as_str(), "--keep-hostname"];
+    let double = m.tb.double.clone().unwrap();
     for round in ["first", "second"] {
+        double.clear_calls().await.unwrap();
         let mut daemon = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
         daemon.wait_ready(READY_TIMEOUT).await.unwrap();
         daemon.signal(Signal::SIGTERM).unwrap();
@@ -243,11 +227,24 @@ async fn second_run_reuses_the_attached_volume() {
         "the second found it attached"
     );
     assert_eq!(m.tb.attachments(&m.volume).await.unwrap().len(), 1);
+    // The second run changed nothing in EC2 (DNS is upserted again, as before).
+    let ec2_changes: Vec<_> = double
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.service == "ec2" && c.is_mutating())
+        .map(|c| c.action)
+        .collect();
+    assert!(
+        ec2_changes.is_empty(),
+        "second run changed EC2: {ec2_changes:?}"
+    );
 }
 
 #[tokio::test]
 async fn bad_config_exits_78_and_touches_nothing() {
-    let m = minecraft(true).await;
+    let m = minecraft().await;
     let text = std::fs::read_to_string(&m.config)
         .unwrap()
         .replace("\"ttl\"", "\"tll\"");
@@ -287,7 +284,7 @@ async fn bad_config_exits_78_and_touches_nothing() {
 
 #[tokio::test]
 async fn failing_started_hook_takes_the_failed_path() {
-    let m = minecraft(true).await;
+    let m = minecraft().await;
     let hook = m.dir.path().join("record-hook").display().to_string();
     let text = std::fs::read_to_string(&m.config)
         .unwrap()

@@ -1,0 +1,660 @@
+"""The AWS test double: moto's server with the rules real AWS enforces.
+
+moto keeps the state; this module patches the few moto methods whose real
+counterparts refuse things moto accepts, gives state changes their real
+duration, and wraps the server in a WSGI layer for faults, quotas and a
+record of every call. It also plays the kernel: when a volume becomes
+attached to an instance whose device root is registered, a Nitro-style NVMe
+device appears there, backed by a file that belongs to the volume.
+
+Run: python aws_double.py --port 5000 [--host 127.0.0.1] [--data-dir DIR]
+Control interface: /_double/* (see doc/testbed.md).
+"""
+
+import argparse
+import copy
+import io
+import ipaddress
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+import uuid
+from urllib.parse import parse_qs
+
+from werkzeug.serving import run_simple
+
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import elastic_block_store as ebs
+from moto.ec2.models import instances as ec2_instances
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.route53 import models as r53_models
+from moto.route53 import responses as r53_responses
+from moto.route53.exceptions import Route53ClientError
+
+# One lock makes every rule check and the moto change it guards atomic, as
+# AWS's own arbitration is: of two AttachVolume calls, one wins.
+LOCK = threading.RLock()
+
+DEFAULTS = {
+    # Seconds a state change takes.
+    "delays": {
+        "volume_create": 0.0,  # creating -> available
+        "attach": 0.0,  # attaching -> attached
+        "detach": 0.0,  # detaching -> available
+        "snapshot": 0.0,  # pending -> completed
+        "route53_insync": 0.0,  # PENDING -> INSYNC
+        "device": 0.0,  # attached -> block device present
+    },
+    # Added to every call, in milliseconds.
+    "latency_ms": 0,
+    # Shares (0..1) of calls answered with a 5xx, or dropped unanswered.
+    "error_rate": 0.0,
+    "drop_rate": 0.0,
+    # Token buckets: {"rate": per second, "burst": size}; null = no quota.
+    "throttle": {"ec2_mutating": None, "ec2_other": None, "route53": None},
+}
+SETTINGS = copy.deepcopy(DEFAULTS)
+
+# Real quotas, for tests that want them: {"throttle": QUOTAS}.
+QUOTAS = {
+    "ec2_mutating": {"rate": 5, "burst": 50},
+    "ec2_other": {"rate": 20, "burst": 100},
+    "route53": {"rate": 10, "burst": 10},
+}
+
+CALLS = []  # {"t", "service", "action", "params", "outcome"}
+DEVICE_ROOTS = {}  # instance ID -> path
+DATA_DIR = None
+# (instance ID, volume ID) -> {"ready_at": monotonic time, "name": str or None}
+DEVICES = {}
+CHANGES = {}  # Route53 change ID -> monotonic time it is INSYNC
+
+
+def now():
+    return time.monotonic()
+
+
+def delay(name):
+    return float(SETTINGS["delays"].get(name) or 0.0)
+
+
+# ---------------------------------------------------------------- EBS rules
+
+# RunInstances creates and attaches root volumes through the same methods:
+# those are moto's own business, not calls to check or devices to play.
+INTERNAL = threading.local()
+
+
+def internal():
+    return getattr(INTERNAL, "active", False)
+
+
+_orig_run_instances = ec2_instances.InstanceBackend.run_instances
+
+
+def run_instances(self, *args, **kwargs):
+    INTERNAL.active = True
+    try:
+        return _orig_run_instances(self, *args, **kwargs)
+    finally:
+        INTERNAL.active = False
+
+
+ec2_instances.InstanceBackend.run_instances = run_instances
+
+VOLUME_SIZES = {  # GiB, inclusive
+    "standard": (1, 1024),
+    "gp2": (1, 16384),
+    "gp3": (1, 16384),
+    "io1": (4, 16384),
+    "io2": (4, 65536),
+    "st1": (125, 16384),
+    "sc1": (125, 16384),
+}
+
+_orig_create_volume = ebs.EBSBackend.create_volume
+_orig_attach_volume = ebs.EBSBackend.attach_volume
+_orig_detach_volume = ebs.EBSBackend.detach_volume
+_orig_create_snapshot = ebs.EBSBackend.create_snapshot
+
+
+def _volume_status(self):
+    if self.__dict__.get("_available_at", 0) > now():
+        return "creating"
+    return "in-use" if self.attachment else "available"
+
+
+def _volume_attachment_get(self):
+    att = self.__dict__.get("_attachment")
+    if att is not None and att.__dict__.get("_status") == "detaching" and now() >= att._detached_at:
+        _finish_detach(self, att)
+        att = None
+    return att
+
+
+def _volume_attachment_set(self, value):
+    self.__dict__["_attachment"] = value
+
+
+def _finish_detach(volume, att):
+    att.__dict__["_status"] = "detached"
+    att.instance.block_device_mapping.pop(att.device, None)
+    volume.__dict__["_attachment"] = None
+
+
+def _attachment_status_get(self):
+    status = self.__dict__.get("_status")
+    if status == "attaching" and now() >= self.__dict__.get("_ready_at", 0):
+        status = self.__dict__["_status"] = "attached"
+    return status
+
+
+def _attachment_status_set(self, value):
+    self.__dict__["_status"] = value
+
+
+def _snapshot_status_get(self):
+    status = self.__dict__.get("_status")
+    if status == "pending" and now() >= self.__dict__.get("_ready_at", 0):
+        status = self.__dict__["_status"] = "completed"
+    return status
+
+
+def _snapshot_status_set(self, value):
+    self.__dict__["_status"] = value
+
+
+ebs.Volume.status = property(_volume_status)
+ebs.Volume.attachment = property(_volume_attachment_get, _volume_attachment_set)
+ebs.VolumeAttachment.status = property(_attachment_status_get, _attachment_status_set)
+ebs.Snapshot.status = property(_snapshot_status_get, _snapshot_status_set)
+
+
+def create_volume(self, size, zone_name, snapshot_id=None, *args, **kwargs):
+    if internal():
+        return _orig_create_volume(self, size, zone_name, snapshot_id, *args, **kwargs)
+    with LOCK:
+        if self.get_zone_by_name(zone_name) is None:
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Invalid availability zone: [{zone_name}]",
+            )
+        volume_type = kwargs.get("volume_type") or (args[2] if len(args) > 2 else None) or "gp2"
+        if volume_type not in VOLUME_SIZES:
+            raise EC2ClientError("InvalidParameterValue", f"Invalid volume type: {volume_type}")
+        if size is not None:
+            low, high = VOLUME_SIZES[volume_type]
+            if not low <= int(size) <= high:
+                raise EC2ClientError(
+                    "InvalidParameterValue",
+                    f"Volume of {size}GiB is out of range for {volume_type}: {low} to {high}GiB",
+                )
+        volume = _orig_create_volume(self, size, zone_name, snapshot_id, *args, **kwargs)
+        volume.__dict__["_available_at"] = now() + delay("volume_create")
+        return volume
+
+
+def attach_volume(self, volume_id, instance_id, device_path, delete_on_termination=False):
+    if internal():
+        return _orig_attach_volume(self, volume_id, instance_id, device_path, delete_on_termination)
+    with LOCK:
+        volume = self.get_volume(volume_id)
+        instance = self.get_instance(instance_id)
+        if instance.state != "running":
+            raise EC2ClientError(
+                "IncorrectInstanceState",
+                f"Instance '{instance_id}' is not 'running'.",
+            )
+        att = volume.attachment
+        if att is not None and att.status in ("attaching", "attached"):
+            raise EC2ClientError(
+                "VolumeInUse",
+                f"{volume_id} is already attached to an instance",
+            )
+        if volume.status != "available":
+            raise EC2ClientError(
+                "IncorrectState",
+                f"vol '{volume_id}' is not 'available'.",
+            )
+        if volume.zone.name != instance.availability_zone:
+            raise EC2ClientError(
+                "InvalidVolume.ZoneMismatch",
+                f"The volume '{volume_id}' is not in the same availability zone as instance '{instance_id}'",
+            )
+        if device_path in instance.block_device_mapping:
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Invalid value '{device_path}' for unixDevice. Attachment point {device_path} is already in use",
+            )
+        att = _orig_attach_volume(self, volume_id, instance_id, device_path, delete_on_termination)
+        ready_at = now() + delay("attach")
+        if delay("attach") > 0:
+            att.status = "attaching"
+            att.__dict__["_ready_at"] = ready_at
+        DEVICES[(instance_id, volume_id)] = {"ready_at": ready_at + delay("device"), "name": None}
+        return att
+
+
+def detach_volume(self, volume_id, instance_id, device_path, *args, **kwargs):
+    with LOCK:
+        volume = self.get_volume(volume_id)
+        att = volume.attachment
+        if att is None or att.status in ("detaching", "detached"):
+            raise EC2ClientError(
+                "IncorrectState",
+                f"Volume '{volume_id}' is in the '{volume.status}' state.",
+            )
+        if instance_id and att.instance.id != instance_id:
+            raise EC2ClientError(
+                "InvalidAttachment.NotFound",
+                f"Volume '{volume_id}' is not attached to instance '{instance_id}'.",
+            )
+        if device_path and att.device != device_path:
+            raise EC2ClientError(
+                "InvalidAttachment.NotFound",
+                f"Volume '{volume_id}' is not attached as '{device_path}'.",
+            )
+        # The kernel sees the device go as soon as the detach starts.
+        _unplug(att.instance.id, volume_id)
+        if delay("detach") <= 0:
+            return _orig_detach_volume(self, volume_id, att.instance.id, att.device)
+        att.status = "detaching"
+        att.__dict__["_detached_at"] = now() + delay("detach")
+        return att
+
+
+def create_snapshot(self, *args, **kwargs):
+    with LOCK:
+        snapshot = _orig_create_snapshot(self, *args, **kwargs)
+        if delay("snapshot") > 0:
+            snapshot.status = "pending"
+            snapshot.__dict__["_ready_at"] = now() + delay("snapshot")
+        return snapshot
+
+
+ebs.EBSBackend.create_volume = create_volume
+ebs.EBSBackend.attach_volume = attach_volume
+ebs.EBSBackend.detach_volume = detach_volume
+ebs.EBSBackend.create_snapshot = create_snapshot
+
+
+# ------------------------------------------------------------ block devices
+
+
+def _volume_file(volume_id):
+    path = os.path.join(DATA_DIR, f"{volume_id}.img")
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.truncate(1 << 20)  # sparse: 1 MiB is plenty for tests
+    return path
+
+
+def _plug(instance_id, volume_id, entry):
+    root = DEVICE_ROOTS.get(instance_id)
+    if root is None:
+        return
+    block = os.path.join(root, "sys", "block")
+    os.makedirs(block, exist_ok=True)
+    os.makedirs(os.path.join(root, "dev"), exist_ok=True)
+    n = 1
+    while os.path.exists(os.path.join(block, f"nvme{n}n1")):
+        n += 1
+    name = f"nvme{n}n1"
+    os.makedirs(os.path.join(block, name, "device"))
+    with open(os.path.join(block, name, "device", "serial"), "w") as f:
+        f.write(volume_id.replace("-", "") + "\n")
+    os.symlink(_volume_file(volume_id), os.path.join(root, "dev", name))
+    entry["name"] = name
+
+
+def _unplug(instance_id, volume_id):
+    entry = DEVICES.pop((instance_id, volume_id), None)
+    root = DEVICE_ROOTS.get(instance_id)
+    if not entry or not entry["name"] or root is None:
+        return
+    name = entry["name"]
+    for path in (os.path.join(root, "dev", name),):
+        if os.path.lexists(path):
+            os.unlink(path)
+    serial = os.path.join(root, "sys", "block", name, "device", "serial")
+    if os.path.exists(serial):
+        os.unlink(serial)
+        os.rmdir(os.path.dirname(serial))
+        os.rmdir(os.path.dirname(os.path.dirname(serial)))
+
+
+def _attachment_of(instance_id, volume_id):
+    from moto.ec2.models import ec2_backends
+
+    for account in list(ec2_backends.values()):
+        for backend in list(account.values()):
+            volume = backend.volumes.get(volume_id)
+            if volume is not None:
+                att = volume.attachment
+                if att is not None and att.instance.id == instance_id:
+                    return att
+    return None
+
+
+def reconcile_devices():
+    while True:
+        time.sleep(0.01)
+        with LOCK:
+            for (instance_id, volume_id), entry in list(DEVICES.items()):
+                if entry["name"] or now() < entry["ready_at"]:
+                    continue
+                att = _attachment_of(instance_id, volume_id)
+                if att is not None and att.status == "attached":
+                    try:
+                        _plug(instance_id, volume_id, entry)
+                    except OSError as e:
+                        print(f"aws_double: cannot plug {volume_id} into {instance_id}: {e}", flush=True)
+                        entry["ready_at"] = now() + 1
+
+
+# ------------------------------------------------------------ Route53 rules
+
+_orig_change_rrsets = r53_models.Route53Backend.change_resource_record_sets
+
+
+def _current(zone, name, kind, set_id):
+    for rrset in zone.rrsets:
+        if rrset.name == name and rrset.type == kind and getattr(rrset, "set_identifier", None) == set_id:
+            return rrset
+    return None
+
+
+def _check_value(kind, value, name):
+    try:
+        if kind == "A":
+            ok = isinstance(ipaddress.ip_address(value), ipaddress.IPv4Address)
+        elif kind == "AAAA":
+            ok = isinstance(ipaddress.ip_address(value), ipaddress.IPv6Address)
+        else:
+            ok = bool(value)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise Route53ClientError(
+            "InvalidChangeBatch",
+            f"[Invalid Resource Record: 'FATAL problem: ARRDATAIllegal{kind}Address "
+            f"(Value is not a valid {kind} address) encountered with '{value}'' for {name}]",
+        )
+
+
+def change_resource_record_sets(self, zoneid, change_list):
+    with LOCK:
+        zone = self.get_hosted_zone(zoneid)
+        for change in change_list:
+            rrset = change["ResourceRecordSet"]
+            name = rrset["Name"] if rrset["Name"].endswith(".") else rrset["Name"] + "."
+            kind = rrset["Type"]
+            values = [r["Value"] for r in rrset.get("ResourceRecords") or []]
+            current = _current(zone, name, kind, rrset.get("SetIdentifier"))
+            if change["Action"] in ("CREATE", "UPSERT"):
+                for v in values:
+                    _check_value(kind, v, name)
+            if change["Action"] == "CREATE" and current is not None:
+                raise Route53ClientError(
+                    "InvalidChangeBatch",
+                    f"[Tried to create resource record set [name='{name}', type='{kind}'] but it already exists]",
+                )
+            if change["Action"] == "DELETE":
+                if current is None:
+                    raise Route53ClientError(
+                        "InvalidChangeBatch",
+                        f"[Tried to delete resource record set [name='{name}', type='{kind}'] but it was not found]",
+                    )
+                same = sorted(current.records or []) == sorted(values) and str(current.ttl) == str(rrset.get("TTL"))
+                if not same:
+                    raise Route53ClientError(
+                        "InvalidChangeBatch",
+                        f"[Tried to delete resource record set [name='{name}', type='{kind}'] "
+                        "but the values provided do not match the current values]",
+                    )
+        return _orig_change_rrsets(self, zoneid, change_list)
+
+
+r53_models.Route53Backend.change_resource_record_sets = change_resource_record_sets
+
+_orig_response_change = r53_responses.Route53.change_resource_record_sets
+_orig_response_get_change = r53_responses.Route53.get_change
+
+
+def _change_info(result, change_id):
+    info = result.result["ChangeInfo"] if hasattr(result, "result") else None
+    if info is None:
+        return result
+    info["Id"] = change_id
+    info["Status"] = "PENDING" if CHANGES.get(change_id, 0) > now() else "INSYNC"
+    return result
+
+
+def response_change(self):
+    result = _orig_response_change(self)
+    change_id = "/change/C" + uuid.uuid4().hex[:13].upper()
+    CHANGES[change_id] = now() + delay("route53_insync")
+    return _change_info(result, change_id)
+
+
+def response_get_change(self):
+    result = _orig_response_get_change(self)
+    change_id = self._get_param("Id")
+    if not change_id.startswith("/change/"):
+        change_id = "/change/" + change_id
+    if change_id not in CHANGES:
+        raise Route53ClientError("NoSuchChange", f"A change with the specified change ID does not exist: {change_id}")
+    return _change_info(result, change_id)
+
+
+r53_responses.Route53.change_resource_record_sets = response_change
+r53_responses.Route53.get_change = response_get_change
+
+
+# ------------------------------------------------- faults, quotas and calls
+
+
+class Bucket:
+    def __init__(self, rate, burst):
+        self.rate, self.burst = float(rate), float(burst)
+        self.tokens, self.at = float(burst), now()
+
+    def take(self):
+        t = now()
+        self.tokens = min(self.burst, self.tokens + (t - self.at) * self.rate)
+        self.at = t
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+BUCKETS = {}
+EC2_MUTATING = ("Attach", "Detach", "Create", "Delete", "Modify", "Run", "Terminate", "Start", "Stop", "Reboot")
+
+
+def classify(environ, body):
+    """(service, action, params) of an AWS call."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    service = ""
+    if "Credential=" in auth:
+        scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+        if len(scope) >= 4:
+            service = scope[3]
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    path = environ.get("PATH_INFO", "")
+    method = environ.get("REQUEST_METHOD", "")
+    if target:  # JSON protocols (SQS)
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            params = {}
+        return service, target.split(".")[-1], params
+    if service == "route53":
+        parts = path.strip("/").split("/")[1:]  # drop the API version
+        action = {
+            ("POST", "hostedzone", 3, "rrset"): "ChangeResourceRecordSets",
+            ("GET", "hostedzone", 3, "rrset"): "ListResourceRecordSets",
+            ("POST", "hostedzone", 1, None): "CreateHostedZone",
+            ("GET", "hostedzone", 1, None): "ListHostedZones",
+            ("GET", "hostedzone", 2, None): "GetHostedZone",
+            ("GET", "change", 2, None): "GetChange",
+        }.get((method, parts[0] if parts else "", len(parts), parts[2] if len(parts) > 2 else None), f"{method} {path}")
+        params = {"path": path, "query": environ.get("QUERY_STRING", ""), "body": body.decode("utf-8", "replace")}
+        return service, action, params
+    form = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    form.update({k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()})
+    action = form.pop("Action", "")
+    form.pop("Version", None)
+    return service, action, form
+
+
+def bucket_for(service, action):
+    if service == "ec2":
+        return "ec2_mutating" if action.startswith(EC2_MUTATING) else "ec2_other"
+    if service == "route53":
+        return "route53"
+    return None
+
+
+def error_response(start_response, service, status, code, message):
+    request_id = str(uuid.uuid4())
+    if service == "ec2":
+        body = (
+            f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+            f"<RequestID>{request_id}</RequestID></Response>"
+        )
+        ctype = "text/xml"
+    elif service in ("sqs",):
+        body = json.dumps({"__type": f"com.amazonaws.sqs#{code}", "message": message})
+        ctype = "application/x-amz-json-1.0"
+    else:
+        ns = ' xmlns="https://route53.amazonaws.com/doc/2013-04-01/"' if service == "route53" else ""
+        kind = "Receiver" if status >= 500 else "Sender"
+        body = (
+            f"<ErrorResponse{ns}><Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+            f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+        )
+        ctype = "text/xml"
+    reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
+    headers = [("Content-Type", ctype), ("x-amzn-RequestId", request_id)]
+    if service == "sqs":
+        headers.append(("x-amzn-query-error", f"{code};Sender"))
+    start_response(f"{status} {reason}", headers)
+    return [body.encode()]
+
+
+def json_response(start_response, value, status="200 OK"):
+    start_response(status, [("Content-Type", "application/json")])
+    return [json.dumps(value, default=str).encode()]
+
+
+def merge(into, update):
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+
+
+class Double:
+    """WSGI layer in front of moto: control interface, faults, quotas, calls."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def control(self, environ, start_response, body):
+        path = environ["PATH_INFO"][len("/_double/"):]
+        method = environ["REQUEST_METHOD"]
+        data = json.loads(body or b"{}") if method in ("POST", "PUT") else {}
+        with LOCK:
+            if path == "config" and method == "GET":
+                return json_response(start_response, SETTINGS)
+            if path == "config" and method == "POST":
+                if data.get("reset"):
+                    SETTINGS.clear()
+                    SETTINGS.update(copy.deepcopy(DEFAULTS))
+                    BUCKETS.clear()
+                if data.get("real_quotas"):
+                    merge(SETTINGS, {"throttle": QUOTAS})
+                    BUCKETS.clear()
+                merge(SETTINGS, {k: v for k, v in data.items() if k not in ("reset", "real_quotas")})
+                if "throttle" in data:
+                    BUCKETS.clear()
+                return json_response(start_response, SETTINGS)
+            if path == "calls" and method == "GET":
+                return json_response(start_response, CALLS)
+            if path == "calls" and method == "DELETE":
+                CALLS.clear()
+                return json_response(start_response, [])
+            if path == "instances" and method == "POST":
+                DEVICE_ROOTS[data["instance_id"]] = data["device_root"]
+                return json_response(start_response, {"registered": data["instance_id"]})
+        return json_response(start_response, {"error": f"no such control: {method} /_double/{path}"}, "404 Not Found")
+
+    def __call__(self, environ, start_response):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        if environ.get("PATH_INFO", "").startswith("/_double/"):
+            return self.control(environ, start_response, body)
+        if environ.get("PATH_INFO", "").startswith("/moto-api"):
+            return self.app(environ, start_response)
+        service, action, params = classify(environ, body)
+        call = {"t": time.time(), "service": service, "action": action, "params": params, "outcome": "answered"}
+        with LOCK:
+            CALLS.append(call)
+            latency = SETTINGS["latency_ms"] / 1000.0
+            error_rate, drop_rate = SETTINGS["error_rate"], SETTINGS["drop_rate"]
+            name = bucket_for(service, action)
+            shape = SETTINGS["throttle"].get(name) if name else None
+            throttled = False
+            if shape:
+                bucket = BUCKETS.get(name)
+                if bucket is None:
+                    bucket = BUCKETS[name] = Bucket(shape["rate"], shape["burst"])
+                throttled = not bucket.take()
+        if latency > 0:
+            time.sleep(latency)
+        if drop_rate and random.random() < drop_rate:
+            call["outcome"] = "dropped"
+            sock = environ.get("werkzeug.socket")
+            if sock is not None:
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+            start_response("500 Dropped", [("Content-Length", "0")])
+            return []
+        if throttled:
+            call["outcome"] = "throttled"
+            if service == "ec2":
+                return error_response(start_response, service, 503, "RequestLimitExceeded", "Request limit exceeded.")
+            return error_response(start_response, service, 400, "Throttling", "Rate exceeded")
+        if error_rate and random.random() < error_rate:
+            call["outcome"] = "5xx"
+            code = "InternalError" if service == "ec2" else "ServiceUnavailable"
+            return error_response(start_response, service, 503, code, "Service is unavailable, try again.")
+        return self.app(environ, start_response)
+
+
+def main():
+    global DATA_DIR
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--data-dir", help="where volume contents live (default: a new temporary folder)")
+    args = parser.parse_args()
+    DATA_DIR = args.data_dir or tempfile.mkdtemp(prefix="aws-double-")
+    os.makedirs(DATA_DIR, exist_ok=True)
+    threading.Thread(target=reconcile_devices, daemon=True).start()
+    app = Double(DomainDispatcherApplication(create_backend_app))
+    print(f"aws_double: moto with real rules on http://{args.host}:{args.port}, volumes in {DATA_DIR}", flush=True)
+    run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,615 @@
+//! The AWS test double enforces what real AWS does and bare moto does not.
+//! Each rule is checked on both: it must hold on the double and be missing
+//! on bare moto, or the test proves nothing.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_route53::types::{
+    Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+};
+use serde_json::json;
+
+use super::common::*;
+
+const REGION: &str = "us-east-1";
+
+/// The AWS error code of a failed call, or "ok".
+fn outcome<T, E: ProvideErrorMetadata>(r: Result<T, E>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => e.code().unwrap_or("no code").to_string(),
+    }
+}
+
+async fn attach(tb: &Testbed, volume: &str, instance: &str, device: &str) -> String {
+    outcome(
+        tb.ec2
+            .attach_volume()
+            .volume_id(volume)
+            .instance_id(instance)
+            .device(device)
+            .send()
+            .await,
+    )
+}
+
+async fn instance(tb: &Testbed, zone: &str) -> String {
+    tb.launch_instance(zone, None)
+        .await
+        .unwrap()
+        .meta
+        .instance_id
+        .clone()
+}
+
+/// What each EBS rule answers on this server.
+async fn ebs_answers(tb: &Testbed) -> Vec<(&'static str, String)> {
+    let a1 = instance(tb, "a").await;
+    let a2 = instance(tb, "a").await;
+    let b1 = instance(tb, "b").await;
+    let gone = instance(tb, "a").await;
+    tb.ec2
+        .terminate_instances()
+        .instance_ids(&gone)
+        .send()
+        .await
+        .unwrap();
+    let v1 = tb.create_volume("a", 10).await.unwrap();
+    let v2 = tb.create_volume("a", 10).await.unwrap();
+    let v3 = tb.create_volume("a", 10).await.unwrap();
+    assert_eq!(attach(tb, &v1, &a1, "/dev/xvdf").await, "ok");
+    vec![
+        (
+            "attached elsewhere",
+            attach(tb, &v1, &a2, "/dev/xvdf").await,
+        ),
+        ("across zones", attach(tb, &v2, &b1, "/dev/xvdf").await),
+        (
+            "instance not running",
+            attach(tb, &v2, &gone, "/dev/xvdf").await,
+        ),
+        ("device taken", attach(tb, &v3, &a1, "/dev/xvdf").await),
+        (
+            "detach unattached",
+            outcome(tb.ec2.detach_volume().volume_id(&v2).send().await),
+        ),
+        (
+            "size out of range",
+            outcome(
+                tb.ec2
+                    .create_volume()
+                    .availability_zone(tb.zone("a"))
+                    .size(20)
+                    .volume_type(aws_sdk_ec2::types::VolumeType::St1)
+                    .send()
+                    .await,
+            ),
+        ),
+        (
+            "no such zone",
+            outcome(
+                tb.ec2
+                    .create_volume()
+                    .availability_zone(tb.zone("z"))
+                    .size(10)
+                    .send()
+                    .await,
+            ),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn ebs_rules() {
+    let (double, bare) = tokio::join!(Testbed::start(REGION), Testbed::start_bare(REGION));
+    let on_double = ebs_answers(&double.unwrap()).await;
+    let on_bare = ebs_answers(&bare.unwrap()).await;
+    let expected = [
+        "VolumeInUse",
+        "InvalidVolume.ZoneMismatch",
+        "IncorrectInstanceState",
+        "InvalidParameterValue",
+        "IncorrectState",
+        "InvalidParameterValue",
+        "InvalidParameterValue",
+    ];
+    for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
+        assert_eq!(got, expected, "double, {rule}");
+        assert_ne!(
+            bare_got, expected,
+            "bare moto already enforces {rule}: the test shows nothing"
+        );
+    }
+}
+
+/// (volume state while creating, attachment state right after AttachVolume,
+/// attachment state while detaching, snapshot state right after creation).
+async fn transitional_states(tb: &Testbed) -> [String; 4] {
+    let a = instance(tb, "a").await;
+    let v = tb.create_volume("a", 10).await.unwrap();
+    let volume = |v: String| async move {
+        tb.ec2
+            .describe_volumes()
+            .volume_ids(v)
+            .send()
+            .await
+            .unwrap()
+            .volumes()[0]
+            .clone()
+    };
+    let creating = volume(v.clone())
+        .await
+        .state()
+        .unwrap()
+        .as_str()
+        .to_string();
+    // Wait until available (immediately on bare moto).
+    for _ in 0..200 {
+        if volume(v.clone()).await.state().unwrap().as_str() == "available" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(attach(tb, &v, &a, "/dev/xvdf").await, "ok");
+    let attaching = volume(v.clone()).await.attachments()[0]
+        .state()
+        .unwrap()
+        .as_str()
+        .to_string();
+    for _ in 0..200 {
+        if volume(v.clone()).await.attachments()[0]
+            .state()
+            .unwrap()
+            .as_str()
+            == "attached"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Bare moto answers a DetachVolume without these with an HTML 500.
+    tb.ec2
+        .detach_volume()
+        .volume_id(&v)
+        .instance_id(&a)
+        .device("/dev/xvdf")
+        .send()
+        .await
+        .unwrap();
+    let detaching = volume(v.clone())
+        .await
+        .attachments()
+        .first()
+        .and_then(|a| a.state().map(|s| s.as_str().to_string()))
+        .unwrap_or_else(|| "none".into());
+    let snap = tb.ec2.create_snapshot().volume_id(&v).send().await.unwrap();
+    let snapshot = snap.state().unwrap().as_str().to_string();
+    [creating, attaching, detaching, snapshot]
+}
+
+#[tokio::test]
+async fn state_changes_take_time() {
+    let (double, bare) = tokio::join!(Testbed::start(REGION), Testbed::start_bare(REGION));
+    let (double, bare) = (double.unwrap(), bare.unwrap());
+    let delays =
+        json!({"delays": {"volume_create": 0.3, "attach": 0.3, "detach": 0.3, "snapshot": 0.3}});
+    double
+        .double
+        .as_ref()
+        .unwrap()
+        .configure(delays)
+        .await
+        .unwrap();
+    let expected = ["creating", "attaching", "detaching", "pending"];
+    assert_eq!(transitional_states(&double).await, expected);
+    let on_bare = transitional_states(&bare).await;
+    for (got, unexpected) in on_bare.iter().zip(expected) {
+        assert_ne!(
+            got, unexpected,
+            "bare moto already has the {unexpected} state"
+        );
+    }
+}
+
+fn record(name: &str, kind: RrType, value: &str) -> ResourceRecordSet {
+    ResourceRecordSet::builder()
+        .name(name)
+        .r#type(kind)
+        .ttl(60)
+        .resource_records(ResourceRecord::builder().value(value).build().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn change(
+    tb: &Testbed,
+    zone: &str,
+    action: ChangeAction,
+    set: ResourceRecordSet,
+) -> Result<(String, String), String> {
+    let batch = ChangeBatch::builder()
+        .changes(
+            Change::builder()
+                .action(action)
+                .resource_record_set(set)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let out = tb
+        .route53
+        .change_resource_record_sets()
+        .hosted_zone_id(zone)
+        .change_batch(batch)
+        .send()
+        .await
+        .map_err(|e| e.code().unwrap_or("no code").to_string())?;
+    let info = out.change_info().unwrap();
+    Ok((info.id().to_string(), info.status().as_str().to_string()))
+}
+
+/// What each Route53 rule answers on this server.
+async fn route53_answers(tb: &Testbed) -> Vec<(&'static str, String)> {
+    let zone = tb.create_hosted_zone("example.net").await.unwrap();
+    let name = "game.example.net";
+    let first = change(
+        tb,
+        &zone,
+        ChangeAction::Create,
+        record(name, RrType::A, "192.0.2.1"),
+    )
+    .await
+    .unwrap();
+    let second = change(
+        tb,
+        &zone,
+        ChangeAction::Upsert,
+        record(name, RrType::A, "192.0.2.2"),
+    )
+    .await
+    .unwrap();
+    let verdict = |r: Result<(String, String), String>| r.map_or_else(|code| code, |_| "ok".into());
+    vec![
+        ("first change pending", first.1.clone()),
+        (
+            "fresh change ID",
+            if first.0 == second.0 {
+                "same ID".into()
+            } else {
+                "fresh".into()
+            },
+        ),
+        (
+            "create over existing",
+            verdict(
+                change(
+                    tb,
+                    &zone,
+                    ChangeAction::Create,
+                    record(name, RrType::A, "192.0.2.3"),
+                )
+                .await,
+            ),
+        ),
+        (
+            "delete with stale value",
+            verdict(
+                change(
+                    tb,
+                    &zone,
+                    ChangeAction::Delete,
+                    record(name, RrType::A, "192.0.2.1"),
+                )
+                .await,
+            ),
+        ),
+        (
+            "bad A value",
+            verdict(
+                change(
+                    tb,
+                    &zone,
+                    ChangeAction::Upsert,
+                    record("x.example.net", RrType::A, "300.1.1.1"),
+                )
+                .await,
+            ),
+        ),
+        (
+            "IPv4 in AAAA",
+            verdict(
+                change(
+                    tb,
+                    &zone,
+                    ChangeAction::Upsert,
+                    record("x.example.net", RrType::Aaaa, "192.0.2.1"),
+                )
+                .await,
+            ),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn route53_rules() {
+    let (double, bare) = tokio::join!(Testbed::start(REGION), Testbed::start_bare(REGION));
+    let (double, bare) = (double.unwrap(), bare.unwrap());
+    double
+        .double
+        .as_ref()
+        .unwrap()
+        .configure(json!({"delays": {"route53_insync": 30}}))
+        .await
+        .unwrap();
+    let on_double = route53_answers(&double).await;
+    let on_bare = route53_answers(&bare).await;
+    let expected = [
+        "PENDING",
+        "fresh",
+        "InvalidChangeBatch",
+        "InvalidChangeBatch",
+        "InvalidChangeBatch",
+        "InvalidChangeBatch",
+    ];
+    for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
+        assert_eq!(got, expected, "double, {rule}");
+        assert_ne!(
+            bare_got, expected,
+            "bare moto already enforces {rule}: the test shows nothing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn route53_change_becomes_insync() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    tb.double
+        .as_ref()
+        .unwrap()
+        .configure(json!({"delays": {"route53_insync": 0.3}}))
+        .await
+        .unwrap();
+    let zone = tb.create_hosted_zone("example.org").await.unwrap();
+    let (id, status) = change(
+        &tb,
+        &zone,
+        ChangeAction::Upsert,
+        record("a.example.org", RrType::A, "192.0.2.9"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, "PENDING");
+    let mut seen = status;
+    for _ in 0..100 {
+        let out = tb.route53.get_change().id(&id).send().await.unwrap();
+        seen = out.change_info().unwrap().status().as_str().to_string();
+        if seen == "INSYNC" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen, "INSYNC");
+}
+
+/// 30 instances race for 10 volumes at once: AttachVolume is the arbiter.
+#[tokio::test]
+async fn concurrent_attach_has_exactly_one_winner_per_volume() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let fleet = tb.launch_fleet(30, &["a"]).await.unwrap();
+    let mut volumes = Vec::new();
+    for _ in 0..10 {
+        volumes.push(tb.create_volume("a", 10).await.unwrap());
+    }
+    let attempts = fleet.iter().enumerate().map(|(i, inst)| {
+        let volume = volumes[i % volumes.len()].clone();
+        let tb = &tb;
+        async move {
+            (
+                volume.clone(),
+                attach(tb, &volume, &inst.meta.instance_id, "/dev/xvdf").await,
+            )
+        }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let winners: Vec<_> = results.iter().filter(|(_, r)| r == "ok").collect();
+    assert_eq!(winners.len(), 10, "{results:?}");
+    for volume in &volumes {
+        assert_eq!(
+            winners.iter().filter(|(v, _)| v == volume).count(),
+            1,
+            "{volume}: {results:?}"
+        );
+        assert_eq!(tb.attachments(volume).await.unwrap().len(), 1);
+    }
+    assert!(
+        results
+            .iter()
+            .filter(|(_, r)| r != "ok")
+            .all(|(_, r)| r == "VolumeInUse"),
+        "{results:?}"
+    );
+}
+
+#[tokio::test]
+async fn quotas_throttle_like_aws() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    double
+        .configure(json!({"throttle": {"ec2_mutating": {"rate": 1, "burst": 3}, "route53": {"rate": 1, "burst": 2}}}))
+        .await
+        .unwrap();
+    // The SDK would retry throttling: count answers without it.
+    let ec2 = aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&tb.sdk)
+            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let r = ec2
+            .create_volume()
+            .availability_zone(tb.zone("a"))
+            .size(1)
+            .send()
+            .await;
+        answers.push(outcome(r));
+    }
+    assert_eq!(answers[..3], ["ok", "ok", "ok"], "{answers:?}");
+    assert!(
+        answers[3..].iter().all(|a| a == "RequestLimitExceeded"),
+        "{answers:?}"
+    );
+    // Reads have their own bucket.
+    assert_eq!(outcome(ec2.describe_volumes().send().await), "ok");
+    let route53 = aws_sdk_route53::Client::from_conf(
+        aws_sdk_route53::config::Builder::from(&tb.sdk)
+            .retry_config(aws_sdk_route53::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(outcome(route53.list_hosted_zones().send().await));
+    }
+    assert_eq!(answers, ["ok", "ok", "Throttling"]);
+    let throttled = double
+        .calls()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| c.outcome == "throttled")
+        .count();
+    assert_eq!(throttled, 3);
+}
+
+#[tokio::test]
+async fn latency_errors_and_dropped_connections() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    let ec2 = aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&tb.sdk)
+            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    double.configure(json!({"latency_ms": 300})).await.unwrap();
+    let started = Instant::now();
+    ec2.describe_volumes().send().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    double
+        .configure(json!({"latency_ms": 0, "error_rate": 1.0}))
+        .await
+        .unwrap();
+    let err = ec2.describe_volumes().send().await.unwrap_err();
+    assert_eq!(err.code(), Some("InternalError"));
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(503));
+
+    double
+        .configure(json!({"error_rate": 0.0, "drop_rate": 1.0}))
+        .await
+        .unwrap();
+    let err = ec2.describe_volumes().send().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            aws_sdk_ec2::error::SdkError::DispatchFailure(_)
+                | aws_sdk_ec2::error::SdkError::ResponseError(_)
+        ),
+        "a dropped connection is not an AWS answer: {err:?}"
+    );
+    let outcomes: Vec<String> = double
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.outcome)
+        .collect();
+    assert_eq!(outcomes, ["answered", "5xx", "dropped"]);
+}
+
+/// The double plays the kernel: an attached volume's NVMe device appears
+/// under its instance's root, backed by the volume's own file.
+#[tokio::test]
+async fn data_follows_the_volume_to_its_next_instance() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    tb.double
+        .as_ref()
+        .unwrap()
+        .configure(json!({"delays": {"attach": 0.2, "device": 0.2}}))
+        .await
+        .unwrap();
+    let fleet = tb.launch_fleet(2, &["a"]).await.unwrap();
+    let (first, second) = (&fleet[0], &fleet[1]);
+    let volume = tb.create_volume("a", 10).await.unwrap();
+    let serial = volume.replace('-', "");
+
+    assert_eq!(
+        attach(&tb, &volume, &first.meta.instance_id, "/dev/xvdf").await,
+        "ok"
+    );
+    assert!(
+        device_with_serial(first.root.path(), &volume.replace('-', "")).is_none(),
+        "the device is there before the attach completes"
+    );
+    let device = wait_device(first.root.path(), &serial).await;
+    std::fs::write(&device, b"the world as the players left it").unwrap();
+
+    tb.ec2
+        .detach_volume()
+        .volume_id(&volume)
+        .send()
+        .await
+        .unwrap();
+    assert!(!device.exists(), "the device stays after the detach");
+    assert_eq!(
+        attach(&tb, &volume, &second.meta.instance_id, "/dev/xvdg").await,
+        "ok"
+    );
+    let device = wait_device(second.root.path(), &serial).await;
+    let data = std::fs::read(&device).unwrap();
+    assert!(data.starts_with(b"the world as the players left it"));
+}
+
+async fn wait_device(root: &std::path::Path, serial: &str) -> std::path::PathBuf {
+    for _ in 0..400 {
+        if let Some(name) = device_with_serial(root, serial) {
+            return root.join("dev").join(name);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no device with serial {serial} under {}", root.display());
+}
+
+fn device_with_serial(root: &std::path::Path, serial: &str) -> Option<String> {
+    std::fs::read_dir(root.join("sys/block"))
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("device/serial")).ok()?;
+            (text.trim() == serial).then(|| e.file_name().to_string_lossy().to_string())
+        })
+}
+
+#[tokio::test]
+async fn calls_are_recorded_in_order_with_their_parameters() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let a = instance(&tb, "a").await;
+    let v = tb.create_volume("a", 10).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    double.clear_calls().await.unwrap();
+    attach(&tb, &v, &a, "/dev/xvdh").await;
+    tb.ec2
+        .describe_volumes()
+        .volume_ids(&v)
+        .send()
+        .await
+        .unwrap();
+    let calls = double.calls().await.unwrap();
+    let actions: Vec<&str> = calls.iter().map(|c| c.action.as_str()).collect();
+    assert_eq!(actions, ["AttachVolume", "DescribeVolumes"]);
+    assert_eq!(calls[0].params["VolumeId"], v.as_str());
+    assert_eq!(calls[0].params["InstanceId"], a.as_str());
+    assert_eq!(calls[0].params["Device"], "/dev/xvdh");
+    assert!(calls[0].is_mutating() && !calls[1].is_mutating());
+}
