@@ -4,6 +4,7 @@
 mod check;
 mod common;
 mod double;
+mod fleet;
 mod imds;
 mod run;
 mod units;
