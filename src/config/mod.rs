@@ -49,7 +49,28 @@ pub struct VolumeSpec {
     pub pool_name: Option<String>,
     /// `create`: CreateVolume parameters in AWS casing.
     pub create: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `pool-pref`: which free pool volume to try first.
+    pub pool_pref: PoolPref,
+    /// `wait-available`: how long to keep trying the pool for a volume that
+    /// a predecessor still holds, before the next source.
+    pub wait_available: Duration,
+    /// `detach-on`: events after whose hooks the volume is released.
+    pub detach_on: Vec<Event>,
+    /// `force`: release with a forced detach.
+    pub force: bool,
     pub exec: Vec<ExecBlock>,
+}
+
+/// `pool-pref`: the order free pool volumes are tried in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolPref {
+    /// The volume at the launch index (as the Python daemon), then the rest.
+    Index,
+    Random,
+    /// Oldest claim first (the `user:ec2fd.ts-used` tag).
+    LeastRecentlyUsed,
+    /// Newest claim first.
+    MostRecentlyUsed,
 }
 
 /// Where a volume may come from: the letters of `source`.
@@ -238,21 +259,6 @@ impl Config {
             }])
         })?;
         validate::config(&root).map_err(to_errors)
-    }
-
-    /// Volume sources the config names that `run` cannot use yet:
-    /// (domain, device, source).
-    pub fn unsupported_sources(&self) -> Vec<(&str, &str, VolumeSource)> {
-        self.domains
-            .iter()
-            .flat_map(|d| d.volumes.iter().map(move |v| (d, v)))
-            .flat_map(|(d, v)| {
-                v.sources
-                    .iter()
-                    .filter(|s| **s != VolumeSource::Given)
-                    .map(move |s| (d.name.as_str(), v.device.as_str(), *s))
-            })
-            .collect()
     }
 
     /// Reads and validates a config file.

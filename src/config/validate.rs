@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::json::{Json, Member, Node};
 use super::{
-    suggest, Backend, Config, Domain, Event, ExecBlock, ExecLine, ExitCodes, NotifySpec,
+    suggest, Backend, Config, Domain, Event, ExecBlock, ExecLine, ExitCodes, NotifySpec, PoolPref,
     RecordSpec, Template, VolumeSource, VolumeSpec,
 };
 
@@ -27,7 +27,17 @@ pub const VOLUME_KEYS: &[&str] = &[
     "volume-id",
     "pool-name",
     "create",
+    "pool-pref",
+    "wait-available",
+    "detach-on",
+    "force",
     "exec",
+];
+pub const POOL_PREFS: &[&str] = &[
+    "index",
+    "random",
+    "least-recently-used",
+    "most-recently-used",
 ];
 pub const RECORD_KEYS: &[&str] = &["critical", "hostedzone", "name", "ttl"];
 pub const EXEC_KEYS: &[&str] = &["on", "ec", "lines"];
@@ -416,10 +426,12 @@ impl Validator {
             if s.is_empty() {
                 self.problem(n.at, &p, "name at least one source: x, p or c");
             }
+            // A created volume joins the pool, so that the next instance finds it.
             let needs = [
                 (VolumeSource::Given, volume_id.is_some(), "volume-id"),
                 (VolumeSource::Pool, pool_name.is_some(), "pool-name"),
                 (VolumeSource::Create, create.is_some(), "create"),
+                (VolumeSource::Create, pool_name.is_some(), "pool-name"),
             ];
             for (source, present, key) in needs {
                 if sources.contains(&source) && !present && obj.get(key).is_none() {
@@ -432,6 +444,48 @@ impl Validator {
             }
             Some(sources)
         });
+        let pool_pref = obj.get("pool-pref").and_then(|n| {
+            let p = key_path(path, "pool-pref");
+            let name = self.string(n, &p)?;
+            let pref = match name.as_str() {
+                "index" => PoolPref::Index,
+                "random" => PoolPref::Random,
+                "least-recently-used" => PoolPref::LeastRecentlyUsed,
+                "most-recently-used" => PoolPref::MostRecentlyUsed,
+                _ => {
+                    let msg = match suggest(&name, POOL_PREFS.iter().copied()) {
+                        Some(s) => format!("unknown pool preference {name:?}; did you mean {s:?}?"),
+                        None => format!(
+                            "unknown pool preference {name:?} (one of: {})",
+                            POOL_PREFS.join(", ")
+                        ),
+                    };
+                    self.problem(n.at, &p, msg);
+                    return None;
+                }
+            };
+            Some(pref)
+        });
+        let wait_available = obj.get("wait-available").and_then(|n| {
+            let p = key_path(path, "wait-available");
+            let secs = self.number(n, &p)?;
+            if !(0.0..=86_400.0).contains(&secs) {
+                self.problem(n.at, &p, "expected seconds from 0 to 86400");
+                return None;
+            }
+            Some(Duration::from_secs_f64(secs))
+        });
+        let detach_on = obj
+            .get("detach-on")
+            .map(|n| {
+                self.events(n, &key_path(path, "detach-on"))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let force = obj
+            .get("force")
+            .and_then(|n| self.boolean(n, &key_path(path, "force")))
+            .unwrap_or(false);
         let exec = self.list(&obj, path, "exec", Self::exec_block);
         Some(VolumeSpec {
             critical,
@@ -440,6 +494,10 @@ impl Validator {
             volume_id,
             pool_name,
             create,
+            pool_pref: pool_pref.unwrap_or(PoolPref::Index),
+            wait_available: wait_available.unwrap_or(Duration::ZERO),
+            detach_on,
+            force,
             exec,
         })
     }
@@ -466,7 +524,40 @@ impl Validator {
             }
         }
         if let Some(n) = obj.get("TagSpecifications") {
-            self.array(n, &key_path(path, "TagSpecifications"));
+            let p = key_path(path, "TagSpecifications");
+            for (i, spec) in self.array(n, &p).unwrap_or_default().iter().enumerate() {
+                let sp = index_path(&p, i);
+                let Some(o) = self.object(spec, &sp, &["ResourceType", "Tags"]) else {
+                    continue;
+                };
+                if let Some(t) = o.get("ResourceType") {
+                    self.nonempty_string(t, &key_path(&sp, "ResourceType"));
+                }
+                let tp = key_path(&sp, "Tags");
+                for (j, tag) in o
+                    .get("Tags")
+                    .and_then(|t| self.array(t, &tp))
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
+                    let tagp = index_path(&tp, j);
+                    if let Some(kv) = self.object(tag, &tagp, &["Key", "Value"]) {
+                        for k in ["Key", "Value"] {
+                            match kv.get(k) {
+                                Some(v) => {
+                                    self.string(v, &key_path(&tagp, k));
+                                }
+                                None => self.problem(
+                                    tag.at,
+                                    &tagp,
+                                    format!("missing required key {k:?}"),
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
         }
         if obj.get("Size").is_none() && obj.get("SnapshotId").is_none() {
             self.problem(node.at, path, "needs \"Size\" or \"SnapshotId\"");
@@ -531,32 +622,36 @@ impl Validator {
         }
     }
 
+    /// A list of event names.
+    fn events(&mut self, node: &Node, path: &str) -> Option<Vec<Event>> {
+        let items = self.array(node, path)?;
+        let mut events = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ip = index_path(path, i);
+            let Some(name) = self.string(item, &ip) else {
+                continue;
+            };
+            match Event::from_name(&name) {
+                Some(e) => events.push(e),
+                None => {
+                    let names = Event::ALL.map(Event::name);
+                    let msg = match suggest(&name, names) {
+                        Some(s) => format!("unknown event {name:?}; did you mean {s:?}?"),
+                        None => format!("unknown event {name:?} (events: {})", names.join(", ")),
+                    };
+                    self.problem(item.at, &ip, msg);
+                }
+            }
+        }
+        Some(events)
+    }
+
     fn exec_block(&mut self, node: &Node, path: &str) -> Option<ExecBlock> {
         let obj = self.object(node, path, EXEC_KEYS)?;
         let on = obj.get("on").and_then(|n| {
             let p = key_path(path, "on");
-            let items = self.array(n, &p)?;
-            let mut events = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                let ip = index_path(&p, i);
-                let Some(name) = self.string(item, &ip) else {
-                    continue;
-                };
-                match Event::from_name(&name) {
-                    Some(e) => events.push(e),
-                    None => {
-                        let names = Event::ALL.map(Event::name);
-                        let msg = match suggest(&name, names) {
-                            Some(s) => format!("unknown event {name:?}; did you mean {s:?}?"),
-                            None => {
-                                format!("unknown event {name:?} (events: {})", names.join(", "))
-                            }
-                        };
-                        self.problem(item.at, &ip, msg);
-                    }
-                }
-            }
-            if items.is_empty() {
+            let events = self.events(n, &p)?;
+            if matches!(&n.value, Json::Array(items) if items.is_empty()) {
                 self.problem(
                     n.at,
                     &p,

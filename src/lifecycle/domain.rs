@@ -21,6 +21,20 @@ pub struct Shared {
     pub device_root: PathBuf,
     /// Instance facts and run-wide values; each domain adds its own.
     pub base_values: MacroValues,
+    /// This run's transaction ID, marked on what it attaches until commit.
+    pub transaction_id: String,
+}
+
+impl Shared {
+    pub fn volume_ctx<'a>(&'a self, domain: &'a str) -> volumes::Ctx<'a> {
+        volumes::Ctx {
+            ec2: &self.clients.ec2,
+            facts: &self.facts,
+            device_root: &self.device_root,
+            domain,
+            transaction_id: &self.transaction_id,
+        }
+    }
 }
 
 /// A domain and what it holds.
@@ -49,8 +63,31 @@ impl DomainRun {
         v.seal()
     }
 
-    /// `starting` hooks, volumes and their hooks, DNS records.
+    /// `starting` hooks, volumes and their hooks, DNS records: all or
+    /// nothing. On a critical failure what this run attached is detached and
+    /// what it created deleted; on success the claims are committed.
     pub async fn bring_up(&mut self, shared: &Shared) -> Result<()> {
+        let result = self.bring_up_steps(shared).await;
+        let ctx = shared.volume_ctx(&self.domain.name);
+        match result {
+            Ok(()) => {
+                if let Err(e) = volumes::commit(&ctx, &self.volumes).await {
+                    // The domain is up; the stale mark is cleaned up by the next run.
+                    tracing::warn!("[{}] committing the volume claims: {e:#}", self.domain.name);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                volumes::rollback(&ctx, &self.volumes).await;
+                for v in &mut self.volumes {
+                    v.released |= v.attached_now;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn bring_up_steps(&mut self, shared: &Shared) -> Result<()> {
         let name = self.domain.name.clone();
         let scope = Scope {
             domain: &name,
@@ -72,14 +109,7 @@ impl DomainRun {
         .map_err(|f| anyhow!("{}", f.join("; ")))?;
 
         for spec in self.domain.volumes.clone() {
-            let attached = match volumes::attach(
-                &shared.clients.ec2,
-                &shared.facts,
-                &spec,
-                &shared.device_root,
-            )
-            .await
-            {
+            let attached = match volumes::attach(&shared.volume_ctx(&name), &spec).await {
                 Ok(a) => a,
                 Err(e) if spec.critical => return Err(e),
                 Err(e) => {
@@ -171,6 +201,47 @@ impl DomainRun {
             on_failure,
         )
         .await
+    }
+
+    /// `detach-on`: after `event`'s hooks, release the volumes that ask for
+    /// it, so that a successor can attach them while this instance is still
+    /// running. Only when the hooks succeeded (they unmount): otherwise the
+    /// volume stays attached and the log says why.
+    pub async fn release_for(&mut self, shared: &Shared, event: Event, hooks_ok: bool) {
+        let specs = self.specs_of_volumes();
+        let ctx = shared.volume_ctx(&self.domain.name);
+        for (v, spec) in self.volumes.iter_mut().zip(specs) {
+            if v.released || !spec.detach_on.contains(&event) {
+                continue;
+            }
+            if !hooks_ok {
+                tracing::warn!(
+                    "[{}] {} stays attached: the {event} hooks failed, so it may still be in use",
+                    ctx.domain,
+                    v.volume_id
+                );
+                continue;
+            }
+            match volumes::release(&ctx, v, spec.force).await {
+                Ok(()) => v.released = true,
+                Err(e) => tracing::error!("[{}] releasing {}: {e:#}", ctx.domain, v.volume_id),
+            }
+        }
+    }
+
+    /// The spec of each held volume, in the same order.
+    fn specs_of_volumes(&self) -> Vec<crate::config::VolumeSpec> {
+        self.volumes
+            .iter()
+            .map(|v| {
+                self.domain
+                    .volumes
+                    .iter()
+                    .find(|s| s.device == v.device_name)
+                    .cloned()
+                    .expect("every held volume comes from a spec")
+            })
+            .collect()
     }
 
     /// Sends every notification enabled for `event`, all at once.

@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigErrors, Event, MacroValues};
 use crate::hooks::OnFailure;
 use crate::imds::{ImdsClient, InstanceFacts, Watcher};
 use crate::systemd;
+use crate::volumes;
 use domain::{DomainRun, Shared};
 
 /// Where the config comes from.
@@ -92,11 +93,13 @@ pub async fn run(options: Options) -> Outcome {
     );
     let region = aws::region_from_env().unwrap_or_else(|| facts.region.clone());
     let clients = Clients::load(&region).await;
+    let transaction_id = transaction_id(&facts.instance_id);
     let shared = Arc::new(Shared {
-        base_values: base_values(&facts),
+        base_values: base_values(&facts, &transaction_id),
         clients,
         facts,
         device_root: options.device_root.clone(),
+        transaction_id,
     });
     let daemon = Daemon {
         config,
@@ -133,7 +136,24 @@ impl Daemon {
         // `timeout` covers bring-up and the started hooks.
         let deadline = self.config.timeout.map(|t| tokio::time::Instant::now() + t);
 
-        let runs = match self.guarded(self.bring_up_all(), deadline).await {
+        let bring_up = async {
+            let s = &self.shared;
+            match volumes::clean_up_leftovers(
+                &s.clients.ec2,
+                &s.facts,
+                &s.device_root,
+                &s.transaction_id,
+            )
+            .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("cleaned up {n} volume(s) left by an interrupted run"),
+                // Bring-up still tries: what it needs may be unaffected.
+                Err(e) => tracing::error!("cleaning up after an interrupted run: {e:#}"),
+            }
+            self.bring_up_all().await
+        };
+        let runs = match self.guarded(bring_up, deadline).await {
             Phase::Done((runs, None)) => runs,
             Phase::Done((runs, Some(e))) => return self.finish(State::Failed, runs, Some(e)).await,
             Phase::TimedOut(e) => {
@@ -297,9 +317,14 @@ impl Daemon {
         };
         systemd::stopping(&line);
         tracing::info!("{line}");
-        let results = futures_util::future::join_all(
-            runs.iter().map(|r| r.run_hooks(event, OnFailure::Continue)),
-        )
+        // Each domain: its hooks, then (if they succeeded) the volumes it
+        // was asked to release at this event.
+        let shared = &self.shared;
+        let results = futures_util::future::join_all(runs.iter_mut().map(|r| async move {
+            let result = r.run_hooks(event, OnFailure::Continue).await;
+            r.release_for(shared, event, result.is_ok()).await;
+            result
+        }))
         .await;
         let failed_hooks: usize = results
             .iter()
@@ -339,7 +364,7 @@ impl Daemon {
     }
 }
 
-fn base_values(facts: &InstanceFacts) -> MacroValues {
+fn base_values(facts: &InstanceFacts, transaction_id: &str) -> MacroValues {
     let mut v = MacroValues::default();
     v.set("instance_id", facts.instance_id.clone());
     v.set("instance_type", facts.instance_type.clone());
@@ -358,11 +383,12 @@ fn base_values(facts: &InstanceFacts) -> MacroValues {
     v.set("public_ipv4_list", facts.public_ipv4.join(", "));
     v.set("public_ipv6_list", facts.public_ipv6.join(", "));
     v.set("pid", std::process::id().to_string());
-    v.set("transaction_id", transaction_id(&facts.instance_id));
+    v.set("transaction_id", transaction_id);
     v
 }
 
-/// Unique per run: the instance and the start time.
+/// Unique per run: the instance and the start time. Starting with the
+/// instance ID lets a later run here recognise what an earlier one left.
 fn transaction_id(instance_id: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

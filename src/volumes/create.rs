@@ -1,0 +1,189 @@
+//! Source `c`: a new volume from the `create` parameters, in this zone,
+//! tagged into the pool so that the next instance can claim it.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Result};
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeState, VolumeType};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{attach_call, describe, tags, AttachError, Claim, Ctx};
+use crate::config::VolumeSpec;
+
+const CREATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Creates, waits until `available`, attaches. A volume that cannot be
+/// attached is deleted again.
+pub async fn create(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim> {
+    let params = spec.create.as_ref().expect("validated: c has create");
+    let pool = spec
+        .pool_name
+        .as_deref()
+        .expect("validated: c has a pool-name");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let ours = vec![
+        tags::tag(tags::DOMAIN, ctx.domain),
+        tags::tag(tags::POOL_NAME, pool),
+        tags::tag(tags::TRANSACTION, ctx.transaction_id),
+        tags::tag(tags::IN_TRANSIT, "true"),
+        tags::tag(tags::LAST_USED, &now.to_string()),
+    ];
+    let mut req = ctx
+        .ec2
+        .create_volume()
+        .availability_zone(&ctx.facts.zone)
+        .set_tag_specifications(Some(tag_specifications(
+            params.get("TagSpecifications"),
+            ours,
+        )));
+    let int = |k: &str| params.get(k).and_then(Value::as_i64).map(|v| v as i32);
+    let text = |k: &str| params.get(k).and_then(Value::as_str).map(String::from);
+    let flag = |k: &str| params.get(k).and_then(Value::as_bool);
+    req = req
+        .set_size(int("Size"))
+        .set_iops(int("Iops"))
+        .set_throughput(int("Throughput"))
+        .set_volume_initialization_rate(int("VolumeInitializationRate"))
+        .set_snapshot_id(text("SnapshotId"))
+        .set_kms_key_id(text("KmsKeyId"))
+        .set_outpost_arn(text("OutpostArn"))
+        .set_encrypted(flag("Encrypted"))
+        .set_multi_attach_enabled(flag("MultiAttachEnabled"))
+        .set_volume_type(text("VolumeType").map(|t| VolumeType::from(t.as_str())));
+    let out = req.send().await.map_err(|e| {
+        super::ec2_error(
+            "CreateVolume",
+            &format!("pool {pool:?} in {}", ctx.facts.zone),
+            &e,
+        )
+    })?;
+    let volume_id = out.volume_id().unwrap_or_default().to_string();
+    tracing::info!(
+        "[{}] created {volume_id} for pool {pool:?} in {}",
+        ctx.domain,
+        ctx.facts.zone
+    );
+    let attached = async {
+        wait_available(ctx, &volume_id).await?;
+        attach_call(ctx, &volume_id, &spec.device)
+            .await
+            .map_err(|e| match e {
+                AttachError::Taken(code) => {
+                    anyhow!("{volume_id}, just created, could not be attached: {code}")
+                }
+                AttachError::Failed(e) => e,
+            })
+    };
+    if let Err(e) = attached.await {
+        // Nothing uses it yet: do not leave it behind.
+        if let Err(del) = super::delete_volume(ctx, &volume_id).await {
+            tracing::error!(
+                "[{}] {volume_id} could not be deleted after a failed create: {del:#}",
+                ctx.domain
+            );
+        }
+        return Err(e);
+    }
+    Ok(Claim {
+        volume_id,
+        attached_now: true,
+        created: true,
+    })
+}
+
+/// The user's tag specifications with ours added to the `volume` one.
+fn tag_specifications(user: Option<&Value>, ours: Vec<Tag>) -> Vec<TagSpecification> {
+    let mut specs = Vec::new();
+    let mut volume_tags = ours;
+    for spec in user.and_then(Value::as_array).into_iter().flatten() {
+        let kind = spec
+            .get("ResourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("volume");
+        let user_tags: Vec<Tag> = spec
+            .get("Tags")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                Some(tags::tag(
+                    t.get("Key")?.as_str()?,
+                    t.get("Value")?.as_str()?,
+                ))
+            })
+            .collect();
+        if kind == "volume" {
+            // Ours win: the pool and transaction tags must be right.
+            let ours_keys: Vec<String> = volume_tags
+                .iter()
+                .filter_map(|t| t.key().map(String::from))
+                .collect();
+            volume_tags.extend(
+                user_tags
+                    .into_iter()
+                    .filter(|t| !ours_keys.iter().any(|k| Some(k.as_str()) == t.key())),
+            );
+        } else {
+            specs.push(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::from(kind))
+                    .set_tags(Some(user_tags))
+                    .build(),
+            );
+        }
+    }
+    specs.insert(
+        0,
+        TagSpecification::builder()
+            .resource_type(ResourceType::Volume)
+            .set_tags(Some(volume_tags))
+            .build(),
+    );
+    specs
+}
+
+async fn wait_available(ctx: &Ctx<'_>, volume_id: &str) -> Result<()> {
+    let deadline = Instant::now() + CREATE_TIMEOUT;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let volume = describe(ctx.ec2, volume_id).await?;
+        match volume.state() {
+            Some(VolumeState::Available) => return Ok(()),
+            Some(VolumeState::Creating) => {}
+            other => bail!("{volume_id} did not become available: it is {other:?}"),
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{volume_id} was still being created after {}s",
+                CREATE_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_tags_join_the_users_volume_tags() {
+        let user = serde_json::json!([
+            { "ResourceType": "volume", "Tags": [{ "Key": "Name", "Value": "world" }, { "Key": "user:ec2fd.pool-name", "Value": "wrong" }] },
+            { "ResourceType": "snapshot", "Tags": [{ "Key": "x", "Value": "y" }] }
+        ]);
+        let specs = tag_specifications(Some(&user), vec![tags::tag(tags::POOL_NAME, "mc")]);
+        assert_eq!(specs.len(), 2);
+        let volume: Vec<_> = specs[0]
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap(), t.value().unwrap()))
+            .collect();
+        assert_eq!(volume, [("user:ec2fd.pool-name", "mc"), ("Name", "world")]);
+        assert_eq!(specs[1].resource_type(), Some(&ResourceType::Snapshot));
+    }
+}
