@@ -22,6 +22,24 @@ pub struct Testbed {
     pub sqs: aws_sdk_sqs::Client,
 }
 
+/// A pool volume as a test sees it.
+#[derive(Debug, Clone)]
+pub struct PoolVolume {
+    pub volume_id: String,
+    pub zone: String,
+    pub attached_to: Vec<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+impl PoolVolume {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// One emulated instance: it exists in moto, has its own IMDS and device root.
 pub struct SimInstance {
     pub meta: InstanceMeta,
@@ -143,6 +161,75 @@ impl Testbed {
             .await
             .context("CreateVolume on moto")?;
         Ok(out.volume_id().unwrap_or_default().to_string())
+    }
+
+    /// A volume of the pool `pool` of `domain`, tagged as ec2fleetd (and the
+    /// Python daemon) find pool volumes.
+    pub async fn create_pool_volume(&self, zone: &str, domain: &str, pool: &str) -> Result<String> {
+        use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        let out = self
+            .ec2
+            .create_volume()
+            .availability_zone(self.zone(zone))
+            .size(8)
+            .volume_type(VolumeType::Gp3)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Volume)
+                    .tags(tag("user:ec2fd.domain", domain))
+                    .tags(tag("user:ec2fd.pool-name", pool))
+                    .build(),
+            )
+            .send()
+            .await
+            .context("CreateVolume (pool) on moto")?;
+        Ok(out.volume_id().unwrap_or_default().to_string())
+    }
+
+    /// Every volume of a pool: (volume ID, zone, attached instance, tags).
+    pub async fn pool_volumes(&self, domain: &str, pool: &str) -> Result<Vec<PoolVolume>> {
+        use aws_sdk_ec2::types::Filter;
+        let out = self
+            .ec2
+            .describe_volumes()
+            .filters(
+                Filter::builder()
+                    .name("tag:user:ec2fd.domain")
+                    .values(domain)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("tag:user:ec2fd.pool-name")
+                    .values(pool)
+                    .build(),
+            )
+            .send()
+            .await?;
+        Ok(out
+            .volumes()
+            .iter()
+            .map(|v| PoolVolume {
+                volume_id: v.volume_id().unwrap_or_default().to_string(),
+                zone: v.availability_zone().unwrap_or_default().to_string(),
+                attached_to: v
+                    .attachments()
+                    .iter()
+                    .filter_map(|a| a.instance_id().map(String::from))
+                    .collect(),
+                tags: v
+                    .tags()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.key().unwrap_or_default().to_string(),
+                            t.value().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect())
     }
 
     /// Creates a public hosted zone; returns its ID without `/hostedzone/`.

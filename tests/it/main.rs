@@ -6,5 +6,6 @@ mod common;
 mod double;
 mod fleet;
 mod imds;
+mod pools;
 mod run;
 mod units;

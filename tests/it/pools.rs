@@ -1,0 +1,400 @@
+//! Volume pools in a fleet: races, kills, rollbacks, data that follows its
+//! volume. All on the AWS test double.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use super::common::*;
+
+const REGION: &str = "us-east-1";
+
+fn run_args(config: &Path) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--keep-hostname".into(),
+    ]
+}
+
+fn spawn(tb: &Testbed, instance: &SimInstance, config: &Path) -> DaemonProcess {
+    let args = run_args(config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    DaemonProcess::spawn(&daemon_bin(), &args, &tb.daemon_env(instance), false).unwrap()
+}
+
+/// No volume of the pool carries a transaction mark.
+fn assert_committed(volumes: &[ec2fleetd_testbed::world::PoolVolume]) {
+    for v in volumes {
+        assert_eq!(
+            v.tag("user:ec2fd.transc-id"),
+            None,
+            "stale transaction mark on {v:?}"
+        );
+        assert_eq!(
+            v.tag("user:ec2fd.in-transit"),
+            None,
+            "stale in-transit mark on {v:?}"
+        );
+    }
+}
+
+/// 30 instances boot at once against a pool of 10 volumes in zone a and 5
+/// in zone b; those left without a pool volume create one.
+#[tokio::test]
+async fn a_fleet_races_for_a_pool_across_two_zones() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    double
+        .configure(json!({"delays": {"attach": 0.2, "volume_create": 0.2, "device": 0.05}}))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tb.create_pool_volume("a", "game", "worlds").await.unwrap();
+    }
+    for _ in 0..5 {
+        tb.create_pool_volume("b", "game", "worlds").await.unwrap();
+    }
+    let fleet = tb.launch_fleet(30, &["a", "b"]).await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "game.jsonc",
+        r#"{ "domains": { "game": { "attach-volume": [{
+            "device": "/dev/xvdf", "source": "pc", "pool-name": "worlds",
+            "create": { "Size": 8, "VolumeType": "gp3" } }] } } }"#,
+    );
+    double.clear_calls().await.unwrap();
+    let started = Instant::now();
+    let mut daemons: Vec<_> = fleet.iter().map(|i| spawn(&tb, i, &config)).collect();
+    for d in &mut daemons {
+        d.wait_ready(Duration::from_secs(180)).await.unwrap();
+    }
+    let took = started.elapsed();
+    eprintln!("30 daemons up against a pool of 15 in {took:?}");
+
+    let volumes = tb.pool_volumes("game", "worlds").await.unwrap();
+    assert_eq!(
+        volumes.len(),
+        30,
+        "15 from the pool, 15 created: {volumes:#?}"
+    );
+    for inst in &fleet {
+        let held: Vec<_> = volumes
+            .iter()
+            .filter(|v| v.attached_to.contains(&inst.meta.instance_id))
+            .collect();
+        assert_eq!(held.len(), 1, "{} holds {held:?}", inst.meta.instance_id);
+        assert_eq!(held[0].zone, inst.meta.zone, "a volume of another zone");
+    }
+    for v in &volumes {
+        assert_eq!(v.attached_to.len(), 1, "{v:?}");
+    }
+    assert_committed(&volumes);
+    let created = |zone: &str| {
+        volumes
+            .iter()
+            .filter(|v| v.zone.ends_with(zone) && v.tag("user:ec2fd.ts-used").is_some())
+            .count()
+    };
+    assert_eq!(
+        created("a") + created("b"),
+        30,
+        "every claim and creation is time-stamped"
+    );
+    let calls = double.calls().await.unwrap();
+    let creates = calls
+        .iter()
+        .filter(|c| c.action == "CreateVolume" && c.outcome == "answered")
+        .count();
+    assert_eq!(
+        creates, 15,
+        "only the instances the pool could not serve created a volume"
+    );
+    for d in &mut daemons {
+        d.signal(Signal::SIGTERM).unwrap();
+    }
+    for d in &mut daemons {
+        assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
+    }
+}
+
+/// With only the pool as a source, the losers fail cleanly and leave no marks.
+#[tokio::test]
+async fn losers_without_another_source_fail_cleanly() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    for _ in 0..2 {
+        tb.create_pool_volume("a", "node", "chain").await.unwrap();
+    }
+    let fleet = tb.launch_fleet(4, &["a"]).await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "node.jsonc",
+        r#"{ "domains": { "node": { "attach-volume": [{ "device": "/dev/xvdf", "source": "p", "pool-name": "chain" }] } } }"#,
+    );
+    let mut daemons: Vec<_> = fleet.iter().map(|i| spawn(&tb, i, &config)).collect();
+    let mut codes = Vec::new();
+    for d in &mut daemons {
+        match d.wait_ready(Duration::from_secs(60)).await {
+            Ok(()) => codes.push(0),
+            Err(_) => {
+                codes.push(d.wait_exit(EXIT_TIMEOUT).await.unwrap());
+                assert!(d.log().contains("no free volume"), "{}", d.log());
+            }
+        }
+    }
+    codes.sort();
+    assert_eq!(codes, [0, 0, 1, 1]);
+    let volumes = tb.pool_volumes("node", "chain").await.unwrap();
+    assert!(
+        volumes.iter().all(|v| v.attached_to.len() == 1),
+        "{volumes:?}"
+    );
+    assert_committed(&volumes);
+}
+
+/// SIGKILL at random points of init, 20 times, then a clean run: one volume
+/// per domain, no leaked created volume, no stale mark.
+#[tokio::test]
+async fn killed_runs_converge() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    tb.double
+        .as_ref()
+        .unwrap()
+        .configure(json!({"delays": {"attach": 0.15, "volume_create": 0.15, "device": 0.05}}))
+        .await
+        .unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    tb.create_pool_volume("a", "game", "worlds").await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "two.jsonc",
+        r#"{ "domains": {
+            "game": { "attach-volume": [{ "device": "/dev/xvdf", "source": "p", "pool-name": "worlds" }] },
+            "db": { "attach-volume": [{ "device": "/dev/xvdg", "source": "c", "pool-name": "data",
+                                        "create": { "Size": 4 } }] } } }"#,
+    );
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut cleaned_up = 0;
+    for trial in 0..20 {
+        let mut d = spawn(&tb, &instance, &config);
+        // Init takes about half a second with these delays.
+        let at = Duration::from_millis(rng.u64(0..700));
+        tokio::time::sleep(at).await;
+        d.signal(Signal::SIGKILL).unwrap();
+        let _ = d.wait_exit(EXIT_TIMEOUT).await;
+        let ready = d.notify.messages().iter().any(|m| m == "READY=1");
+        cleaned_up += usize::from(d.log().contains("interrupted run"));
+        eprintln!(
+            "trial {trial}: killed after {at:?}{}",
+            if ready { ", after READY" } else { "" }
+        );
+    }
+    assert!(
+        cleaned_up > 0,
+        "no trial left anything to clean up: the kills missed init"
+    );
+    let mut d = spawn(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    d.signal(Signal::SIGTERM).unwrap();
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+
+    let id = &instance.meta.instance_id;
+    let game = tb.pool_volumes("game", "worlds").await.unwrap();
+    assert_eq!(game.len(), 1);
+    assert_eq!(game[0].attached_to, vec![id.to_string()]);
+    let data = tb.pool_volumes("db", "data").await.unwrap();
+    assert_eq!(data.len(), 1, "a created volume leaked: {data:#?}");
+    assert_eq!(data[0].attached_to, vec![id.to_string()]);
+    assert_committed(&game);
+    assert_committed(&data);
+}
+
+/// A hook for the data test: prints what the device holds, then writes
+/// who had it.
+fn data_hook(dir: &Path, log: &Path) -> std::path::PathBuf {
+    let path = dir.join("data-hook");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n# $1 = device, $2 = instance\nprintf 'read by %s: %s\\n' \"$2\" \"$(head -c 64 \"$1\" | tr -d '\\000')\" >> '{}'\nprintf 'written by %s' \"$2\" | dd of=\"$1\" conv=notrunc status=none\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The successor boots while its predecessor still holds the only pool
+/// volume; the predecessor is interrupted and releases it (`detach-on`);
+/// the successor, waiting (`wait-available`), claims it and reads what the
+/// predecessor wrote.
+#[tokio::test]
+async fn data_follows_the_volume_to_a_waiting_successor() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    double
+        .configure(json!({"delays": {"attach": 0.2, "detach": 0.3, "device": 0.1}}))
+        .await
+        .unwrap();
+    let volume = tb.create_pool_volume("a", "mc", "worlds").await.unwrap();
+    let fleet = tb.launch_fleet(2, &["a"]).await.unwrap();
+    let (old, new) = (&fleet[0], &fleet[1]);
+    let dir = tempdir();
+    let log = dir.path().join("data.log");
+    let hook = data_hook(dir.path(), &log);
+    let config = write_config(
+        dir.path(),
+        "mc.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "mc": {{ "attach-volume": [{{
+                "device": "/dev/xvdf", "source": "p", "pool-name": "worlds",
+                "wait-available": 60, "detach-on": ["interrupted"],
+                "exec": [{{ "lines": [{{ "argv": ["{hook}", "{{attached_device}}", "{{instance_id}}"] }}] }}] }}],
+                "exec": [{{ "on": ["interrupted"], "lines": [{{ "argv": ["/bin/true"] }}] }}] }} }} }}"#,
+            hook = hook.display()
+        ),
+    );
+    let mut first = spawn(&tb, old, &config);
+    first.wait_ready(READY_TIMEOUT).await.unwrap();
+    let mut second = spawn(&tb, new, &config);
+    // The successor waits: the volume is still held.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !second.notify.messages().iter().any(|m| m == "READY=1"),
+        "{}",
+        second.log()
+    );
+    assert!(second.log().contains("waiting up to"), "{}", second.log());
+
+    old.imds.raise_spot_interruption("terminate", 120);
+    assert_eq!(
+        first.wait_exit(EXIT_TIMEOUT).await.unwrap(),
+        0,
+        "{}",
+        first.log()
+    );
+    second.wait_ready(READY_TIMEOUT).await.unwrap();
+
+    let attachments = tb.attachments(&volume).await.unwrap();
+    assert_eq!(attachments.len(), 1);
+    assert_eq!(attachments[0].0, new.meta.instance_id);
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            format!("read by {}: ", old.meta.instance_id),
+            format!(
+                "read by {}: written by {}",
+                new.meta.instance_id, old.meta.instance_id
+            ),
+        ]
+    );
+    let forced = double
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.action == "DetachVolume" && c.params["Force"] == "true")
+        .count();
+    assert_eq!(forced, 0, "a volume was force-detached");
+    second.signal(Signal::SIGTERM).unwrap();
+    assert_eq!(second.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
+}
+
+/// If the interrupted hooks fail (the volume may still be mounted), the
+/// volume is not released.
+#[tokio::test]
+async fn failed_hooks_keep_the_volume_attached() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let volume = tb.create_pool_volume("a", "mc", "worlds").await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "mc.jsonc",
+        r#"{ "domains": { "mc": {
+            "attach-volume": [{ "device": "/dev/xvdf", "source": "p", "pool-name": "worlds", "detach-on": ["interrupted"] }],
+            "exec": [{ "on": ["interrupted"], "lines": [{ "argv": ["/bin/false"] }] }] } } }"#,
+    );
+    let mut d = spawn(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    instance.imds.raise_spot_interruption("terminate", 120);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
+    assert!(d.log().contains("stays attached"), "{}", d.log());
+    assert_eq!(tb.attachments(&volume).await.unwrap().len(), 1);
+}
+
+/// A critical failure undoes the domain's work (detach, delete what was
+/// created); the same failure marked non-critical is tolerated.
+#[tokio::test]
+async fn critical_failure_rolls_back_and_non_critical_is_tolerated() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let config = |critical: bool| {
+        format!(
+            r#"{{ "domains": {{ "app": {{ "attach-volume": [
+                {{ "device": "/dev/xvdf", "source": "c", "pool-name": "data", "create": {{ "Size": 4 }} }},
+                {{ "device": "/dev/xvdg", "source": "x", "volume-id": "vol-0000000000000000f", "critical": {critical} }} ] }} }} }}"#
+        )
+    };
+    let critical = write_config(dir.path(), "critical.jsonc", &config(true));
+    let mut d = spawn(&tb, &instance, &critical);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
+    assert!(
+        d.log().contains("vol-0000000000000000f does not exist"),
+        "{}",
+        d.log()
+    );
+    assert!(
+        tb.pool_volumes("app", "data").await.unwrap().is_empty(),
+        "the created volume was not deleted"
+    );
+    let calls = double.calls().await.unwrap();
+    let actions: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.is_mutating())
+        .map(|c| c.action.as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "RunInstances",
+            "CreateVolume",
+            "AttachVolume",
+            "DetachVolume",
+            "DeleteVolume"
+        ]
+    );
+
+    let tolerant = write_config(dir.path(), "tolerant.jsonc", &config(false));
+    let mut d = spawn(&tb, &instance, &tolerant);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    assert!(
+        d.log().contains("non-critical volume /dev/xvdg skipped"),
+        "{}",
+        d.log()
+    );
+    let data = tb.pool_volumes("app", "data").await.unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(
+        data[0].attached_to,
+        vec![instance.meta.instance_id.to_string()]
+    );
+    assert_committed(&data);
+    d.signal(Signal::SIGTERM).unwrap();
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
+}
