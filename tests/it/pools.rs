@@ -398,3 +398,50 @@ async fn critical_failure_rolls_back_and_non_critical_is_tolerated() {
     d.signal(Signal::SIGTERM).unwrap();
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
 }
+
+/// A restarted daemon finds the pool volume it holds and changes nothing.
+#[tokio::test]
+async fn second_run_on_a_pool_changes_nothing_in_ec2() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    tb.create_pool_volume("a", "mc", "worlds").await.unwrap();
+    tb.create_pool_volume("a", "mc", "worlds").await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "mc.jsonc",
+        r#"{ "domains": { "mc": { "attach-volume": [{ "device": "/dev/xvdf", "source": "pc", "pool-name": "worlds",
+            "create": { "Size": 4 } }] } } }"#,
+    );
+    for round in ["first", "second"] {
+        double.clear_calls().await.unwrap();
+        let mut d = spawn(&tb, &instance, &config);
+        d.wait_ready(READY_TIMEOUT).await.unwrap();
+        d.signal(Signal::SIGTERM).unwrap();
+        assert_eq!(
+            d.wait_exit(EXIT_TIMEOUT).await.unwrap(),
+            0,
+            "{round}: {}",
+            d.log()
+        );
+    }
+    let changes: Vec<String> = double
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.service == "ec2" && c.is_mutating())
+        .map(|c| c.action)
+        .collect();
+    assert!(
+        changes.is_empty(),
+        "the second run changed EC2: {changes:?}"
+    );
+    let volumes = tb.pool_volumes("mc", "worlds").await.unwrap();
+    assert_eq!(volumes.len(), 2, "nothing was created");
+    assert_eq!(
+        volumes.iter().filter(|v| !v.attached_to.is_empty()).count(),
+        1
+    );
+}
