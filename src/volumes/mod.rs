@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
-use aws_sdk_ec2::types::{Filter, Volume, VolumeAttachmentState, VolumeState};
+use aws_sdk_ec2::types::{Volume, VolumeAttachmentState, VolumeState};
 use tokio::time::Instant;
 
 use crate::aws;
@@ -180,17 +180,14 @@ async fn held_here(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Option<Claim>> {
         .pool_name
         .as_deref()
         .expect("validated: p and c have a pool-name");
-    let filter = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
-    let out = ctx
-        .ec2
-        .describe_volumes()
-        .filters(filter(&format!("tag:{}", tags::DOMAIN), ctx.domain))
-        .filters(filter(&format!("tag:{}", tags::POOL_NAME), pool))
-        .filters(filter("attachment.instance-id", &ctx.facts.instance_id))
-        .send()
-        .await
-        .map_err(|e| ec2_error("DescribeVolumes (held here)", pool, &e))?;
-    for volume in out.volumes() {
+    let held = pool::pool_query(
+        ctx,
+        pool,
+        ("attachment.instance-id", &ctx.facts.instance_id),
+        "DescribeVolumes (held here)",
+    )
+    .await?;
+    for volume in &held {
         let id = volume.volume_id().unwrap_or_default();
         let Some(att) = volume
             .attachments()

@@ -84,18 +84,24 @@ pub fn order_candidates(
     free.into_iter().map(|c| c.volume_id).collect()
 }
 
-/// The pool's volumes in this zone.
-async fn pool_volumes(ctx: &Ctx<'_>, pool: &str) -> Result<Vec<Volume>> {
-    let filter = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
+/// The volumes of this domain's pool `pool` that also match `filter`
+/// (`name`, `value`); `what` names the query in errors.
+pub(super) async fn pool_query(
+    ctx: &Ctx<'_>,
+    pool: &str,
+    filter: (&str, &str),
+    what: &str,
+) -> Result<Vec<Volume>> {
+    let f = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
     let out = ctx
         .ec2
         .describe_volumes()
-        .filters(filter(&format!("tag:{}", tags::DOMAIN), ctx.domain))
-        .filters(filter(&format!("tag:{}", tags::POOL_NAME), pool))
-        .filters(filter("availability-zone", &ctx.facts.zone))
+        .filters(f(&format!("tag:{}", tags::DOMAIN), ctx.domain))
+        .filters(f(&format!("tag:{}", tags::POOL_NAME), pool))
+        .filters(f(filter.0, filter.1))
         .send()
         .await
-        .map_err(|e| super::ec2_error("DescribeVolumes (pool)", pool, &e))?;
+        .map_err(|e| super::ec2_error(what, pool, &e))?;
     Ok(out.volumes().to_vec())
 }
 
@@ -109,7 +115,13 @@ pub async fn claim(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Option<Claim>> {
     let deadline = Instant::now() + spec.wait_available;
     let mut pause = Duration::from_millis(500);
     loop {
-        let volumes = pool_volumes(ctx, pool).await?;
+        let volumes = pool_query(
+            ctx,
+            pool,
+            ("availability-zone", &ctx.facts.zone),
+            "DescribeVolumes (pool)",
+        )
+        .await?;
         let free: Vec<Candidate> = volumes
             .iter()
             .filter(|v| {

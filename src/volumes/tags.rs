@@ -1,10 +1,8 @@
 //! The resource tags pools and transactions are kept in. They are the Python
 //! ec2fleetd's, so that pools made for it work unchanged.
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use aws_sdk_ec2::types::{Tag, Volume};
-
-use crate::aws;
 
 /// The domain a pool volume belongs to.
 pub const DOMAIN: &str = "user:ec2fd.domain";
@@ -38,13 +36,7 @@ pub async fn set(ec2: &aws_sdk_ec2::Client, volume_id: &str, tags: Vec<Tag>) -> 
         .set_tags(Some(tags))
         .send()
         .await
-        .map_err(|e| {
-            anyhow!(
-                "CreateTags on {volume_id} failed ({}): {}",
-                aws::endpoint_of("EC2"),
-                aws::describe(&e)
-            )
-        })?;
+        .map_err(|e| super::ec2_error("CreateTags on", volume_id, &e))?;
     Ok(())
 }
 
@@ -59,12 +51,6 @@ pub async fn remove(ec2: &aws_sdk_ec2::Client, volume_id: &str, keys: &[&str]) -
         .set_tags(Some(tags))
         .send()
         .await
-        .map_err(|e| {
-            anyhow!(
-                "DeleteTags on {volume_id} failed ({}): {}",
-                aws::endpoint_of("EC2"),
-                aws::describe(&e)
-            )
-        })?;
+        .map_err(|e| super::ec2_error("DeleteTags on", volume_id, &e))?;
     Ok(())
 }

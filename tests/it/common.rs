@@ -63,3 +63,10 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// `ec2fleetd run --config CONFIG --keep-hostname` on `instance`.
+pub fn spawn_run(tb: &Testbed, instance: &SimInstance, config: &Path) -> DaemonProcess {
+    let config = config.display().to_string();
+    let args = ["run", "--config", config.as_str(), "--keep-hostname"];
+    DaemonProcess::spawn(&daemon_bin(), &args, &tb.daemon_env(instance), false).unwrap()
+}

@@ -11,21 +11,6 @@ use super::common::*;
 
 const REGION: &str = "us-east-1";
 
-fn run_args(config: &Path) -> Vec<String> {
-    vec![
-        "run".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--keep-hostname".into(),
-    ]
-}
-
-fn spawn(tb: &Testbed, instance: &SimInstance, config: &Path) -> DaemonProcess {
-    let args = run_args(config);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    DaemonProcess::spawn(&daemon_bin(), &args, &tb.daemon_env(instance), false).unwrap()
-}
-
 /// No volume of the pool carries a transaction mark.
 fn assert_committed(volumes: &[ec2fleetd_testbed::world::PoolVolume]) {
     for v in volumes {
@@ -69,7 +54,7 @@ async fn a_fleet_races_for_a_pool_across_two_zones() {
     );
     double.clear_calls().await.unwrap();
     let started = Instant::now();
-    let mut daemons: Vec<_> = fleet.iter().map(|i| spawn(&tb, i, &config)).collect();
+    let mut daemons: Vec<_> = fleet.iter().map(|i| spawn_run(&tb, i, &config)).collect();
     for d in &mut daemons {
         d.wait_ready(Duration::from_secs(180)).await.unwrap();
     }
@@ -136,7 +121,7 @@ async fn losers_without_another_source_fail_cleanly() {
         "node.jsonc",
         r#"{ "domains": { "node": { "attach-volume": [{ "device": "/dev/xvdf", "source": "p", "pool-name": "chain" }] } } }"#,
     );
-    let mut daemons: Vec<_> = fleet.iter().map(|i| spawn(&tb, i, &config)).collect();
+    let mut daemons: Vec<_> = fleet.iter().map(|i| spawn_run(&tb, i, &config)).collect();
     let mut codes = Vec::new();
     for d in &mut daemons {
         match d.wait_ready(Duration::from_secs(60)).await {
@@ -182,7 +167,7 @@ async fn killed_runs_converge() {
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let mut cleaned_up = 0;
     for trial in 0..20 {
-        let mut d = spawn(&tb, &instance, &config);
+        let mut d = spawn_run(&tb, &instance, &config);
         // Init takes about half a second with these delays.
         let at = Duration::from_millis(rng.u64(0..700));
         tokio::time::sleep(at).await;
@@ -199,7 +184,7 @@ async fn killed_runs_converge() {
         cleaned_up > 0,
         "no trial left anything to clean up: the kills missed init"
     );
-    let mut d = spawn(&tb, &instance, &config);
+    let mut d = spawn_run(&tb, &instance, &config);
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     d.signal(Signal::SIGTERM).unwrap();
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
@@ -262,9 +247,9 @@ async fn data_follows_the_volume_to_a_waiting_successor() {
             hook = hook.display()
         ),
     );
-    let mut first = spawn(&tb, old, &config);
+    let mut first = spawn_run(&tb, old, &config);
     first.wait_ready(READY_TIMEOUT).await.unwrap();
-    let mut second = spawn(&tb, new, &config);
+    let mut second = spawn_run(&tb, new, &config);
     // The successor waits: the volume is still held.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
@@ -328,7 +313,7 @@ async fn failed_hooks_keep_the_volume_attached() {
             "attach-volume": [{ "device": "/dev/xvdf", "source": "p", "pool-name": "worlds", "detach-on": ["interrupted"] }],
             "exec": [{ "on": ["interrupted"], "lines": [{ "argv": ["/bin/false"] }] }] } } }"#,
     );
-    let mut d = spawn(&tb, &instance, &config);
+    let mut d = spawn_run(&tb, &instance, &config);
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     instance.imds.raise_spot_interruption("terminate", 120);
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
@@ -352,7 +337,7 @@ async fn critical_failure_rolls_back_and_non_critical_is_tolerated() {
         )
     };
     let critical = write_config(dir.path(), "critical.jsonc", &config(true));
-    let mut d = spawn(&tb, &instance, &critical);
+    let mut d = spawn_run(&tb, &instance, &critical);
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
     assert!(
         d.log().contains("vol-0000000000000000f does not exist"),
@@ -381,7 +366,7 @@ async fn critical_failure_rolls_back_and_non_critical_is_tolerated() {
     );
 
     let tolerant = write_config(dir.path(), "tolerant.jsonc", &config(false));
-    let mut d = spawn(&tb, &instance, &tolerant);
+    let mut d = spawn_run(&tb, &instance, &tolerant);
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     assert!(
         d.log().contains("non-critical volume /dev/xvdg skipped"),
@@ -416,7 +401,7 @@ async fn second_run_on_a_pool_changes_nothing_in_ec2() {
     );
     for round in ["first", "second"] {
         double.clear_calls().await.unwrap();
-        let mut d = spawn(&tb, &instance, &config);
+        let mut d = spawn_run(&tb, &instance, &config);
         d.wait_ready(READY_TIMEOUT).await.unwrap();
         d.signal(Signal::SIGTERM).unwrap();
         assert_eq!(

@@ -1,6 +1,7 @@
 //! `ec2fleetd run` through whole lives of an instance, on moto and the IMDS
 //! emulator.
 
+use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -250,13 +251,7 @@ async fn bad_config_exits_78_and_touches_nothing() {
         .replace("\"ttl\"", "\"tll\"");
     let bad = write_config(m.dir.path(), "bad.jsonc", &text);
     let bad_path = bad.display().to_string();
-    let mut daemon = DaemonProcess::spawn(
-        &daemon_bin(),
-        &["run", "--config", &bad_path, "--keep-hostname"],
-        &m.tb.daemon_env(&m.instance),
-        false,
-    )
-    .unwrap();
+    let mut daemon = spawn_run(&m.tb, &m.instance, Path::new(&bad_path));
     assert_eq!(daemon.wait_exit(EXIT_TIMEOUT).await.unwrap(), 78);
     let log = daemon.log();
     assert!(
@@ -303,13 +298,7 @@ async fn failing_started_hook_takes_the_failed_path() {
     );
     let config = write_config(m.dir.path(), "failing.jsonc", &text);
     let config = config.display().to_string();
-    let mut daemon = DaemonProcess::spawn(
-        &daemon_bin(),
-        &["run", "--config", &config, "--keep-hostname"],
-        &m.tb.daemon_env(&m.instance),
-        false,
-    )
-    .unwrap();
+    let mut daemon = spawn_run(&m.tb, &m.instance, Path::new(&config));
     assert_eq!(
         daemon.wait_exit(EXIT_TIMEOUT).await.unwrap(),
         1,
@@ -475,13 +464,7 @@ async fn init_timeout_takes_the_failed_path() {
     let dir = tempdir();
     let (config, log, _) = hanging_start(dir.path(), Some(1));
     let config = config.display().to_string();
-    let mut daemon = DaemonProcess::spawn(
-        &daemon_bin(),
-        &["run", "--config", &config, "--keep-hostname"],
-        &tb.daemon_env(&instance),
-        false,
-    )
-    .unwrap();
+    let mut daemon = spawn_run(&tb, &instance, Path::new(&config));
     assert_eq!(
         daemon.wait_exit(EXIT_TIMEOUT).await.unwrap(),
         1,
@@ -501,13 +484,7 @@ async fn sigterm_during_init_takes_the_stopping_path() {
     let dir = tempdir();
     let (config, log, mark) = hanging_start(dir.path(), None);
     let config = config.display().to_string();
-    let mut daemon = DaemonProcess::spawn(
-        &daemon_bin(),
-        &["run", "--config", &config, "--keep-hostname"],
-        &tb.daemon_env(&instance),
-        false,
-    )
-    .unwrap();
+    let mut daemon = spawn_run(&tb, &instance, Path::new(&config));
     for _ in 0..1200 {
         if mark.exists() {
             break;
