@@ -1,13 +1,28 @@
-//! Runs `exec` lines: argv as given (macros filled in, no shell), output to
-//! the log line by line, exit status checked against `ec`.
+//! Runs `exec` lines: argv as given (macros filled in, no shell), as the
+//! configured user, with its environment and working directory; output to
+//! the log line by line; exit status checked against `ec`. A line that runs
+//! past its timeout, or past the deadline of the event, gets SIGTERM, then
+//! SIGKILL after a grace period; so does every line when the daemon is asked
+//! to hurry (a second signal).
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Event, ExecBlock, ExecLine, MacroValues};
+
+/// Between SIGTERM and SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(5);
+/// A line started after the event's deadline still gets this long.
+pub const MIN_SLICE: Duration = Duration::from_secs(2);
+/// How long output is still forwarded after a hook exits.
+const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
 /// What to do after a line fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,11 +33,41 @@ pub enum OnFailure {
     Continue,
 }
 
+/// How a run of hooks is bounded.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub on_failure: OnFailure,
+    /// The lines share the time until this instant (the notice's deadline
+    /// less the reserve); a line that would overrun it is cut.
+    pub deadline: Option<Instant>,
+    /// Cancelled when the daemon is asked to hurry: running lines get SIGTERM.
+    pub hurry: CancellationToken,
+}
+
+impl Policy {
+    pub fn new(on_failure: OnFailure) -> Policy {
+        Policy {
+            on_failure,
+            deadline: None,
+            hurry: CancellationToken::new(),
+        }
+    }
+}
+
 /// Where hooks run: which domain and event, for log lines and errors.
 #[derive(Debug, Clone, Copy)]
 pub struct Scope<'a> {
     pub domain: &'a str,
     pub event: Event,
+}
+
+/// What became of one line.
+#[derive(Debug, Clone)]
+pub struct LineReport {
+    pub argv: Vec<String>,
+    pub took: Duration,
+    /// `None` on success, else why it failed.
+    pub failure: Option<String>,
 }
 
 /// Runs the lines of `blocks`, in order; the caller picks the blocks bound
@@ -31,20 +76,13 @@ pub async fn run(
     blocks: Vec<&ExecBlock>,
     scope: Scope<'_>,
     values: &MacroValues,
-    on_failure: OnFailure,
+    policy: &Policy,
 ) -> Result<(), Vec<String>> {
-    let mut failures = Vec::new();
-    for block in blocks {
-        for line in &block.lines {
-            if let Err(e) = run_line(line, scope, values).await {
-                tracing::error!("[{}] {}: {e}", scope.domain, scope.event);
-                failures.push(e);
-                if on_failure == OnFailure::Stop {
-                    return Err(failures);
-                }
-            }
-        }
-    }
+    let failures: Vec<String> = run_reported(blocks, scope, values, policy)
+        .await
+        .into_iter()
+        .filter_map(|r| r.failure)
+        .collect();
     if failures.is_empty() {
         Ok(())
     } else {
@@ -52,20 +90,92 @@ pub async fn run(
     }
 }
 
-async fn run_line(line: &ExecLine, scope: Scope<'_>, values: &MacroValues) -> Result<(), String> {
-    let argv: Vec<String> = line.argv.iter().map(|t| t.render(values)).collect();
+/// As [`run`], with a report of every line that ran.
+pub async fn run_reported(
+    blocks: Vec<&ExecBlock>,
+    scope: Scope<'_>,
+    values: &MacroValues,
+    policy: &Policy,
+) -> Vec<LineReport> {
+    let mut reports = Vec::new();
+    for block in blocks {
+        for line in &block.lines {
+            let started = Instant::now();
+            let argv: Vec<String> = line.argv.iter().map(|t| t.render(values)).collect();
+            let failure = run_line(line, &argv, scope, values, policy).await.err();
+            if let Some(e) = &failure {
+                tracing::error!("[{}] {}: {e}", scope.domain, scope.event);
+            }
+            let stop = failure.is_some() && policy.on_failure == OnFailure::Stop;
+            reports.push(LineReport {
+                argv,
+                took: started.elapsed(),
+                failure,
+            });
+            if stop {
+                return reports;
+            }
+        }
+    }
+    reports
+}
+
+/// How long this line may run, and why that long.
+fn time_limit(line: &ExecLine, policy: &Policy) -> Option<(Duration, &'static str)> {
+    let own = line.timeout.map(|t| (t, "its timeout"));
+    let left = policy.deadline.map(|d| {
+        (
+            d.saturating_duration_since(Instant::now()).max(MIN_SLICE),
+            "the event's deadline",
+        )
+    });
+    match (own, left) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn run_line(
+    line: &ExecLine,
+    argv: &[String],
+    scope: Scope<'_>,
+    values: &MacroValues,
+    policy: &Policy,
+) -> Result<(), String> {
     let program = &argv[0];
     tracing::info!("[{}] {}: running {:?}", scope.domain, scope.event, argv);
-    let mut child = Command::new(program)
-        .args(&argv[1..])
+    let mut cmd = Command::new(program);
+    cmd.args(&argv[1..])
         // The daemon's own line to systemd is not the hook's to use.
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
+        .envs(line.env.iter().map(|(k, v)| (k, v.render(values))))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
+        // Its own process group, so that a cut reaches what it started too.
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = &line.cwd {
+        cmd.current_dir(dir);
+    }
+    if line.user.is_some() || line.group.is_some() {
+        let (user, group) = (line.user.clone(), line.group.clone());
+        let ids = tokio::task::spawn_blocking(move || identity(user.as_deref(), group.as_deref()))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|e| format!("hook {argv:?}: {e}"))?;
+        if let Some((uid, home, name)) = ids.user {
+            cmd.uid(uid)
+                .env("HOME", home)
+                .env("USER", &name)
+                .env("LOGNAME", &name);
+        }
+        cmd.gid(ids.gid);
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| format!("hook {argv:?} could not start: {e}"))?;
     let out = child
@@ -78,13 +188,35 @@ async fn run_line(line: &ExecLine, scope: Scope<'_>, values: &MacroValues) -> Re
         .map(|s| forward(s, scope, program.clone()));
     let output = async { tokio::join!(opt(out), opt(err)) };
     tokio::pin!(output);
+    let started = Instant::now();
+    let limit = time_limit(line, policy);
+    let sleep = async {
+        match limit {
+            Some((d, _)) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
     let mut output_done = false;
+    let mut cut = None;
     let status = tokio::select! {
         status = child.wait() => status,
-        // Output ended first: the exit follows.
         _ = &mut output => {
             output_done = true;
             child.wait().await
+        }
+        _ = sleep => {
+            let (d, why) = limit.expect("a sleep only with a limit");
+            tracing::warn!(
+                "[{}] {}: cutting {program} after {:.1}s: {why} allows no more; SIGTERM, SIGKILL in {}s",
+                scope.domain, scope.event, d.as_secs_f64(), GRACE.as_secs()
+            );
+            cut = Some(format!("cut after {:.1}s ({why})", started.elapsed().as_secs_f64()));
+            terminate(&mut child).await
+        }
+        _ = policy.hurry.cancelled() => {
+            tracing::warn!("[{}] {}: hurrying {program}: SIGTERM, SIGKILL in {}s", scope.domain, scope.event, GRACE.as_secs());
+            cut = Some("stopped early: asked to hurry".to_string());
+            terminate(&mut child).await
         }
     };
     let status = status.map_err(|e| format!("hook {argv:?}: waiting for it failed: {e}"))?;
@@ -92,6 +224,9 @@ async fn run_line(line: &ExecLine, scope: Scope<'_>, values: &MacroValues) -> Re
     // server started with `&`): forward what is already written, then move on.
     if !output_done {
         let _ = tokio::time::timeout(OUTPUT_GRACE, &mut output).await;
+    }
+    if let Some(cut) = cut {
+        return Err(format!("hook {argv:?} {cut}"));
     }
     match status.code() {
         Some(code) if line.ec.accepts(code) => Ok(()),
@@ -107,8 +242,66 @@ async fn run_line(line: &ExecLine, scope: Scope<'_>, values: &MacroValues) -> Re
     }
 }
 
-/// How long output is still forwarded after a hook exits.
-const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+/// SIGTERM to the hook's process group, SIGKILL after [`GRACE`].
+async fn terminate(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        let group = Pid::from_raw(pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        if let Ok(status) = tokio::time::timeout(GRACE, child.wait()).await {
+            let _ = killpg(group, Signal::SIGKILL);
+            return status;
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+    child.wait().await
+}
+
+/// Who a hook runs as.
+struct Identity {
+    /// (uid, home, name) when a user is named.
+    user: Option<(u32, std::path::PathBuf, String)>,
+    gid: u32,
+}
+
+/// Looks up `user` and `group` (names or numeric IDs); the group defaults
+/// to the user's primary group.
+fn identity(user: Option<&str>, group: Option<&str>) -> Result<Identity, String> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let user = match user {
+        None => None,
+        Some(u) => {
+            let found = match u.parse::<u32>() {
+                Ok(id) => User::from_uid(Uid::from_raw(id)),
+                Err(_) => User::from_name(u),
+            };
+            Some(
+                found
+                    .map_err(|e| format!("looking up user {u:?}: {e}"))?
+                    .ok_or_else(|| format!("no user {u:?} on this machine"))?,
+            )
+        }
+    };
+    let gid = match group {
+        Some(g) => {
+            let found = match g.parse::<u32>() {
+                Ok(id) => Group::from_gid(Gid::from_raw(id)),
+                Err(_) => Group::from_name(g),
+            };
+            found
+                .map_err(|e| format!("looking up group {g:?}: {e}"))?
+                .ok_or_else(|| format!("no group {g:?} on this machine"))?
+                .gid
+                .as_raw()
+        }
+        None => user
+            .as_ref()
+            .map_or_else(|| Gid::current().as_raw(), |u| u.gid.as_raw()),
+    };
+    Ok(Identity {
+        user: user.map(|u| (u.uid.as_raw(), u.dir, u.name)),
+        gid,
+    })
+}
 
 async fn opt(f: Option<impl std::future::Future<Output = ()>>) {
     if let Some(f) = f {
@@ -156,7 +349,13 @@ mod tests {
             .iter()
             .filter(|b| b.runs_on(Event::Started))
             .collect();
-        run(chosen, scope, &MacroValues::default(), OnFailure::Stop).await
+        run(
+            chosen,
+            scope,
+            &MacroValues::default(),
+            &Policy::new(OnFailure::Stop),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -205,7 +404,7 @@ mod tests {
             blocks.iter().collect(),
             scope,
             &MacroValues::default(),
-            OnFailure::Continue,
+            &Policy::new(OnFailure::Continue),
         )
         .await
         .unwrap_err();

@@ -44,6 +44,22 @@ enum Command {
         /// Leave the machine's hostname alone even when the config sets one.
         #[arg(long)]
         keep_hostname: bool,
+        /// Seconds of a notice's warning kept from the hooks for releasing
+        /// volumes, DNS and notifications.
+        #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+        shutdown_reserve: Duration,
+    },
+    /// Run the `interrupted` hooks as if a spot notice arrived now, with no
+    /// AWS changes, and time each against the budget.
+    Drill {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Seconds until the instance goes (a spot notice gives 120).
+        #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_seconds)]
+        deadline: Duration,
+        /// Seconds kept from the hooks, as `run --shutdown-reserve`.
+        #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+        shutdown_reserve: Duration,
     },
     /// Validate config files without touching anything.
     Check {
@@ -71,35 +87,47 @@ fn main() -> ExitCode {
             device_root,
             poll_interval,
             keep_hostname,
+            shutdown_reserve,
         } => {
             let options = lifecycle::Options {
                 config: config.map_or(ConfigSource::UserData, ConfigSource::File),
                 device_root,
                 poll_interval,
                 set_hostname: !keep_hostname,
+                shutdown_reserve,
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(lifecycle::run(options)) {
-                Outcome::Clean(_) => ExitCode::SUCCESS,
-                Outcome::BadConfig(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
-                Outcome::Failed(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(lifecycle::run(options))
+        }
+        Command::Drill {
+            config,
+            deadline,
+            shutdown_reserve,
+        } => block_on(lifecycle::drill(&config, deadline, shutdown_reserve)),
+    }
+}
+
+/// Runs `outcome` on the async runtime and turns it into the exit status.
+fn block_on(outcome: impl std::future::Future<Output = Outcome>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(outcome) {
+        Outcome::Clean(_) => ExitCode::SUCCESS,
+        Outcome::BadConfig(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Outcome::Failed(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Tells systemd how the daemon is doing (`Type=notify`): READY, STATUS,
-//! STOPPING. Without `NOTIFY_SOCKET` every call is a no-op.
+//! STOPPING, and WATCHDOG pings when the unit sets `WatchdogSec`. Without
+//! `NOTIFY_SOCKET` every call is a no-op.
 
 use sd_notify::NotifyState;
 
@@ -22,4 +23,20 @@ pub fn ready(text: &str) {
 /// Shutdown has begun.
 pub fn stopping(text: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(text)]);
+}
+
+/// Pings the watchdog at half its period, for as long as the daemon runs,
+/// when the unit asks for it (`WatchdogSec=`).
+pub fn spawn_watchdog() {
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    tracing::info!("systemd watchdog: pinging every {:?}", period / 2);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period / 2);
+        loop {
+            ticker.tick().await;
+            send(&[NotifyState::Watchdog]);
+        }
+    });
 }

@@ -112,15 +112,36 @@ pub enum Event {
     Failed,
     Stopping,
     Interrupted,
+    /// Auto Scaling is terminating the instance (`target-lifecycle-state`).
+    Terminating,
+    /// EC2 recommends moving off this instance; it keeps running for now.
+    Rebalance,
+    /// A scheduled maintenance event was announced for this instance.
+    Maintenance,
 }
 
+/// Every event's name, as the config spells it.
+pub const EVENT_NAMES: &[&str] = &[
+    "starting",
+    "started",
+    "failed",
+    "stopping",
+    "interrupted",
+    "terminating",
+    "rebalance",
+    "maintenance",
+];
+
 impl Event {
-    pub const ALL: [Event; 5] = [
+    pub const ALL: [Event; 8] = [
         Event::Starting,
         Event::Started,
         Event::Failed,
         Event::Stopping,
         Event::Interrupted,
+        Event::Terminating,
+        Event::Rebalance,
+        Event::Maintenance,
     ];
 
     pub fn name(self) -> &'static str {
@@ -130,6 +151,9 @@ impl Event {
             Event::Failed => "failed",
             Event::Stopping => "stopping",
             Event::Interrupted => "interrupted",
+            Event::Terminating => "terminating",
+            Event::Rebalance => "rebalance",
+            Event::Maintenance => "maintenance",
         }
     }
 
@@ -158,11 +182,22 @@ impl ExecBlock {
     }
 }
 
-/// One command: `argv` (`argv[0]` an absolute path) and its exit-code spec.
-#[derive(Debug, Clone)]
+/// One command: `argv` (`argv[0]` an absolute path), its exit-code spec and
+/// how to run it.
+#[derive(Debug, Clone, Default)]
 pub struct ExecLine {
     pub argv: Vec<Template>,
     pub ec: ExitCodes,
+    /// `timeout`: SIGTERM after this long, SIGKILL after a grace period.
+    pub timeout: Option<Duration>,
+    /// `user`: run as this user (name or numeric ID).
+    pub user: Option<String>,
+    /// `group`: run with this group; default the user's primary group.
+    pub group: Option<String>,
+    /// `env`: variables added to the hook's environment (values take macros).
+    pub env: Vec<(String, Template)>,
+    /// `cwd`: the working directory (absolute).
+    pub cwd: Option<String>,
 }
 
 /// One `notify` entry.
@@ -279,6 +314,12 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+#[test]
+fn event_names_match_the_events() {
+    assert_eq!(Event::ALL.map(Event::name).as_slice(), EVENT_NAMES);
+}
+
 /// The keys validation accepts in each kind of object, by the name of its
 /// definition in `schema/config.schema.json` (`""` is the root), so that a
 /// test keeps the schema in step with the code.
@@ -296,10 +337,7 @@ pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("sns-options", SNS_OPTION_KEYS),
         ("sqs-options", SQS_OPTION_KEYS),
         ("envelope", ENVELOPE_KEYS),
-        (
-            "matrix",
-            &["starting", "started", "failed", "stopping", "interrupted"],
-        ),
+        ("matrix", EVENT_NAMES),
         ("matrix-entry", MATRIX_ENTRY_KEYS),
     ]
 }

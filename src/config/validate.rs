@@ -41,7 +41,7 @@ pub const POOL_PREFS: &[&str] = &[
 ];
 pub const RECORD_KEYS: &[&str] = &["critical", "hostedzone", "name", "ttl"];
 pub const EXEC_KEYS: &[&str] = &["on", "ec", "lines"];
-pub const LINE_KEYS: &[&str] = &["argv", "ec"];
+pub const LINE_KEYS: &[&str] = &["argv", "ec", "timeout", "user", "group", "env", "cwd"];
 pub const NOTIFY_KEYS: &[&str] = &["backend", "options", "envelope", "matrix"];
 pub const SNS_OPTION_KEYS: &[&str] = &["region", "topic"];
 pub const SQS_OPTION_KEYS: &[&str] = &["region", "queue-url"];
@@ -727,9 +727,62 @@ impl Validator {
             Some(n) => self.ec(n, &key_path(path, "ec")),
             None => block_ec,
         };
+        let timeout = obj.get("timeout").and_then(|n| {
+            let p = key_path(path, "timeout");
+            let secs = self.number(n, &p)?;
+            if !(secs > 0.0 && secs <= 86_400.0) {
+                self.problem(n.at, &p, "expected seconds, more than 0 and at most 86400");
+                return None;
+            }
+            Some(Duration::from_secs_f64(secs))
+        });
+        let user = obj
+            .get("user")
+            .and_then(|n| self.nonempty_string(n, &key_path(path, "user")));
+        let group = obj
+            .get("group")
+            .and_then(|n| self.nonempty_string(n, &key_path(path, "group")));
+        let cwd = obj.get("cwd").and_then(|n| {
+            let p = key_path(path, "cwd");
+            let dir = self.string(n, &p)?;
+            if !dir.starts_with('/') {
+                self.problem(n.at, &p, format!("{dir:?} is not an absolute path"));
+            }
+            Some(dir)
+        });
+        let mut env = Vec::new();
+        if let Some(n) = obj.get("env") {
+            let p = key_path(path, "env");
+            match &n.value {
+                Json::Object(members) => {
+                    for m in members {
+                        let vp = key_path(&p, &m.key);
+                        let valid = !m.key.is_empty()
+                            && !m.key.starts_with(|c: char| c.is_ascii_digit())
+                            && m.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                        if !valid {
+                            self.problem(
+                                m.key_at,
+                                &vp,
+                                format!("{:?} is not an environment variable name", m.key),
+                            );
+                        }
+                        if let Some(t) = self.template(&m.node, &vp) {
+                            env.push((m.key.clone(), t));
+                        }
+                    }
+                }
+                _ => self.expected(n, &p, "an object of variable names and values"),
+            }
+        }
         Some(ExecLine {
             argv: argv?,
             ec: ec?,
+            timeout,
+            user,
+            group,
+            env,
+            cwd,
         })
     }
 

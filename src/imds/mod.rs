@@ -10,7 +10,7 @@ mod facts;
 mod watch;
 
 pub use facts::InstanceFacts;
-pub use watch::{SpotNotice, Watcher};
+pub use watch::{Observation, SpotNotice, Watcher};
 
 use std::time::Duration;
 

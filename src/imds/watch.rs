@@ -1,11 +1,13 @@
-//! Polls IMDS for a spot interruption notice.
+//! Watches IMDS for what the instance is told about its future: a spot
+//! interruption notice, an Auto Scaling termination, a rebalance
+//! recommendation, scheduled maintenance. Each is reported once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::ImdsClient;
+use super::{ImdsClient, ImdsError};
 
 /// `spot/instance-action`: what will happen to the instance, and when.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -14,54 +16,134 @@ pub struct SpotNotice {
     pub time: String,
 }
 
+/// Something IMDS says about the instance's future.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// A spot interruption notice.
+    Spot(SpotNotice),
+    /// `autoscaling/target-lifecycle-state` reads `Terminated`.
+    Terminating,
+    /// `events/recommendations/rebalance`: its `noticeTime`.
+    Rebalance(String),
+    /// `events/maintenance/scheduled`: the events, as IMDS gives them (JSON).
+    Maintenance(String),
+}
+
+impl Observation {
+    /// Spot notices and terminations end the instance's life; the others
+    /// are news.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Observation::Spot(_) | Observation::Terminating)
+    }
+}
+
 pub struct Watcher {
     imds: Arc<ImdsClient>,
     interval: Duration,
+    /// Informational notices already reported, so that a notice that stays
+    /// up is one event.
+    seen: Vec<Observation>,
+    failing: bool,
 }
+
+const SPOT: &str = "/latest/meta-data/spot/instance-action";
+const LIFECYCLE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
+const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
+const MAINTENANCE: &str = "/latest/meta-data/events/maintenance/scheduled";
 
 impl Watcher {
     pub fn new(imds: Arc<ImdsClient>, interval: Duration) -> Watcher {
-        Watcher { imds, interval }
+        Watcher {
+            imds,
+            interval,
+            seen: Vec::new(),
+            failing: false,
+        }
     }
 
-    /// Returns the first notice, or `None` when `cancel` fires. IMDS
-    /// failures are logged and the watch goes on.
-    pub async fn next_notice(&self, cancel: &CancellationToken) -> Option<SpotNotice> {
+    /// Waits for the next observation; `None` when `cancel` fires. With
+    /// `final_only`, news is not looked for (during init). IMDS failures are
+    /// logged and shown in systemd's status; the watch goes on.
+    pub async fn next(
+        &mut self,
+        cancel: &CancellationToken,
+        final_only: bool,
+    ) -> Option<Observation> {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return None,
                 _ = ticker.tick() => {}
             }
-            match self
-                .imds
-                .get("/latest/meta-data/spot/instance-action")
-                .await
-            {
-                Ok(None) => {}
-                Ok(Some(body)) => match serde_json::from_slice::<SpotNotice>(&body) {
-                    Ok(notice) => return Some(notice),
-                    Err(e) => tracing::warn!(
-                        "ignoring a spot notice that does not parse ({e}): {}",
-                        String::from_utf8_lossy(&body)
-                    ),
-                },
+            // A request retrying through an outage must not delay a stop.
+            let polled = tokio::select! {
+                _ = cancel.cancelled() => return None,
+                r = self.poll(final_only) => r,
+            };
+            match polled {
+                Ok(found) => {
+                    if self.failing {
+                        tracing::info!("instance metadata service answers again");
+                        crate::systemd::status("watching for spot interruptions");
+                        self.failing = false;
+                    }
+                    if let Some(o) = found {
+                        return Some(o);
+                    }
+                }
                 Err(e) => {
-                    if !failing {
-                        tracing::warn!("watching for spot notices: {e}; still trying");
+                    if !self.failing {
+                        tracing::warn!("watching IMDS: {e}; still trying");
                         crate::systemd::status(&format!("watching; IMDS unreachable: {e}"));
                     }
-                    failing = true;
-                    continue;
+                    self.failing = true;
                 }
             }
-            if failing {
-                tracing::info!("instance metadata service answers again");
-                crate::systemd::status("watching for spot interruptions");
-                failing = false;
+        }
+    }
+
+    /// One look at every path; the first new observation, final ones first.
+    async fn poll(&mut self, final_only: bool) -> Result<Option<Observation>, ImdsError> {
+        if let Some(body) = self.imds.get(SPOT).await? {
+            match serde_json::from_slice::<SpotNotice>(&body) {
+                Ok(notice) => return Ok(Some(Observation::Spot(notice))),
+                Err(e) => tracing::warn!(
+                    "ignoring a spot notice that does not parse ({e}): {}",
+                    String::from_utf8_lossy(&body)
+                ),
             }
         }
+        if let Some(state) = self.imds.get(LIFECYCLE).await? {
+            if String::from_utf8_lossy(&state).trim() == "Terminated" {
+                return Ok(Some(Observation::Terminating));
+            }
+        }
+        if final_only {
+            return Ok(None);
+        }
+        let mut news = Vec::new();
+        if let Some(body) = self.imds.get(REBALANCE).await? {
+            let time = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["noticeTime"].as_str().map(String::from))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+            news.push(Observation::Rebalance(time));
+        }
+        if let Some(body) = self.imds.get(MAINTENANCE).await? {
+            let text = String::from_utf8_lossy(&body).trim().to_string();
+            let empty =
+                serde_json::from_str::<Vec<serde_json::Value>>(&text).is_ok_and(|v| v.is_empty());
+            if !empty && !text.is_empty() {
+                news.push(Observation::Maintenance(text));
+            }
+        }
+        for o in news {
+            if !self.seen.contains(&o) {
+                self.seen.push(o.clone());
+                return Ok(Some(o));
+            }
+        }
+        Ok(None)
     }
 }

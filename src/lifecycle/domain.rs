@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 
 use crate::aws::Clients;
-use crate::config::{Domain, Event, MacroValues};
+use crate::config::{Domain, Event, ExecBlock, MacroValues};
 use crate::dns::{self, RecordTarget};
-use crate::hooks::{self, OnFailure, Scope};
+use crate::hooks::{self, OnFailure, Policy, Scope};
 use crate::imds::InstanceFacts;
 use crate::notify;
 use crate::volumes::{self, AttachedVolume};
@@ -35,6 +35,19 @@ impl Shared {
             transaction_id: &self.transaction_id,
         }
     }
+}
+
+/// The blocks that run at `event`: the domain's, then those of its volumes
+/// that name the event (a volume's blocks without `on` run only after its
+/// device appears).
+pub fn blocks_for(domain: &Domain, event: Event) -> Vec<&ExecBlock> {
+    let domain_blocks = domain.exec.iter().filter(|b| b.runs_on(event));
+    let volume_blocks = domain
+        .volumes
+        .iter()
+        .flat_map(|v| v.exec.iter())
+        .filter(|b| b.on.as_ref().is_some_and(|on| on.contains(&event)));
+    domain_blocks.chain(volume_blocks).collect()
 }
 
 /// A domain and what it holds.
@@ -103,7 +116,7 @@ impl DomainRun {
             blocks,
             scope,
             &self.values_for(Event::Starting),
-            OnFailure::Stop,
+            &Policy::new(OnFailure::Stop),
         )
         .await
         .map_err(|f| anyhow!("{}", f.join("; ")))?;
@@ -147,7 +160,7 @@ impl DomainRun {
                 blocks,
                 scope,
                 &self.values_for(Event::Starting),
-                OnFailure::Stop,
+                &Policy::new(OnFailure::Stop),
             )
             .await
             {
@@ -178,29 +191,15 @@ impl DomainRun {
         Ok(())
     }
 
-    /// Runs the hooks bound to `event`: the domain's, then those of its
-    /// volumes that name the event. Bring-up events stop at the first
-    /// failure; shutdown events run every line.
-    pub async fn run_hooks(&self, event: Event, on_failure: OnFailure) -> Result<(), Vec<String>> {
+    /// Runs the hooks bound to `event` (see [`blocks_for`]); the policy
+    /// says whether to stop at the first failure and how long they may take.
+    pub async fn run_hooks(&self, event: Event, policy: &Policy) -> Result<(), Vec<String>> {
         let values = self.values_for(event);
         let scope = Scope {
             domain: &self.domain.name,
             event,
         };
-        let domain_blocks = self.domain.exec.iter().filter(|b| b.runs_on(event));
-        let volume_blocks = self
-            .domain
-            .volumes
-            .iter()
-            .flat_map(|v| v.exec.iter())
-            .filter(|b| b.on.as_ref().is_some_and(|on| on.contains(&event)));
-        hooks::run(
-            domain_blocks.chain(volume_blocks).collect(),
-            scope,
-            &values,
-            on_failure,
-        )
-        .await
+        hooks::run(blocks_for(&self.domain, event), scope, &values, policy).await
     }
 
     /// `detach-on`: after `event`'s hooks, release the volumes that ask for

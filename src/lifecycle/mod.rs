@@ -3,9 +3,16 @@
 //! for an interruption or a signal, run the last hooks and report.
 
 mod domain;
+mod drill;
 mod state;
 
+pub use drill::drill;
 pub use state::{Input, State};
+
+/// The warning a spot notice gives, assumed when its time does not parse.
+const SPOT_WARNING: Duration = Duration::from_secs(120);
+/// The time the `terminating` hooks get: Auto Scaling does not say.
+const TERMINATION_BUDGET: Duration = Duration::from_secs(120);
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aws::{self, Clients};
 use crate::config::{Config, ConfigErrors, Event, MacroValues};
-use crate::hooks::OnFailure;
-use crate::imds::{ImdsClient, InstanceFacts, Watcher};
+use crate::hooks::{OnFailure, Policy};
+use crate::imds::{ImdsClient, InstanceFacts, Observation, Watcher};
 use crate::systemd;
 use crate::volumes;
 use domain::{DomainRun, Shared};
@@ -38,6 +45,9 @@ pub struct Options {
     pub poll_interval: Duration,
     /// Set the hostname from the config (off for containers and demos).
     pub set_hostname: bool,
+    /// Of the time a notice leaves, what the hooks may not use: it is kept
+    /// for releasing volumes, DNS and notifications.
+    pub shutdown_reserve: Duration,
 }
 
 /// How a run ended; `main` maps it to the exit status.
@@ -59,8 +69,8 @@ pub(crate) fn now_rfc3339() -> String {
 
 /// Runs the daemon to the end of the instance's life.
 pub async fn run(options: Options) -> Outcome {
-    let stop = CancellationToken::new();
-    spawn_signal_listener(stop.clone());
+    let signals = Signals::listen();
+    systemd::spawn_watchdog();
     let imds = Arc::new(ImdsClient::from_env());
     systemd::status("starting: reading the config and instance metadata");
 
@@ -106,7 +116,7 @@ pub async fn run(options: Options) -> Outcome {
         shared,
         options,
         imds,
-        stop,
+        signals,
     };
     daemon.live().await
 }
@@ -116,6 +126,8 @@ enum Phase<T> {
     Done(T),
     TimedOut(anyhow::Error),
     Stopped,
+    /// A spot notice or a termination arrived first.
+    Ended(Observation),
 }
 
 struct Daemon {
@@ -123,7 +135,7 @@ struct Daemon {
     shared: Arc<Shared>,
     options: Options,
     imds: Arc<ImdsClient>,
-    stop: CancellationToken,
+    signals: Signals,
 }
 
 impl Daemon {
@@ -135,6 +147,7 @@ impl Daemon {
         tracing::info!("starting: bringing up {n} domain(s)");
         // `timeout` covers bring-up and the started hooks.
         let deadline = self.config.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut watcher = Watcher::new(self.imds.clone(), self.options.poll_interval);
 
         let bring_up = async {
             let s = &self.shared;
@@ -153,28 +166,41 @@ impl Daemon {
             }
             self.bring_up_all().await
         };
-        let runs = match self.guarded(bring_up, deadline).await {
+        let runs = match self.guarded(bring_up, deadline, &mut watcher).await {
             Phase::Done((runs, None)) => runs,
-            Phase::Done((runs, Some(e))) => return self.finish(State::Failed, runs, Some(e)).await,
+            Phase::Done((runs, Some(e))) => {
+                return self.finish(State::Failed, runs, Some(e), None).await
+            }
             Phase::TimedOut(e) => {
-                return self.finish(State::Failed, self.fresh_runs(), Some(e)).await
+                return self
+                    .finish(State::Failed, self.fresh_runs(), Some(e), None)
+                    .await
             }
             // Dropping the bring-up ends its hooks (they are killed on drop).
-            Phase::Stopped => return self.finish(State::Stopping, self.fresh_runs(), None).await,
+            Phase::Stopped => {
+                return self
+                    .finish(State::Stopping, self.fresh_runs(), None, None)
+                    .await
+            }
+            Phase::Ended(o) => return self.end_by(state, o, self.fresh_runs()).await,
         };
 
         self.set_hostname(&runs);
         state = state.next(Input::InitDone).expect("starting → started");
-        match self.guarded(self.started(&runs), deadline).await {
+        match self
+            .guarded(self.started(&runs), deadline, &mut watcher)
+            .await
+        {
             Phase::Done(Ok(())) => {}
             Phase::Done(Err(e)) | Phase::TimedOut(e) => {
                 let failed = state.next(Input::InitFailed).expect("started → failed");
-                return self.finish(failed, runs, Some(e)).await;
+                return self.finish(failed, runs, Some(e), None).await;
             }
             Phase::Stopped => {
                 let stopping = state.next(Input::Signal).expect("started → stopping");
-                return self.finish(stopping, runs, None).await;
+                return self.finish(stopping, runs, None, None).await;
             }
+            Phase::Ended(o) => return self.end_by(state, o, runs).await,
         }
         let took = started_at.elapsed().as_secs_f64();
         let line =
@@ -182,51 +208,81 @@ impl Daemon {
         tracing::info!("{line}");
         systemd::ready(&line);
 
-        let watcher = Watcher::new(self.imds.clone(), self.options.poll_interval);
-        let notice = watcher.next_notice(&self.stop).await;
-        let next = match &notice {
-            Some(n) => {
-                tracing::warn!("spot interruption notice: {} at {}", n.action, n.time);
-                state.next(Input::Notice)
-            }
-            None => {
-                tracing::info!("signal received: stopping");
-                state.next(Input::Signal)
-            }
-        };
         let mut runs = runs;
-        for run in &mut runs {
-            if let Some(n) = &notice {
-                run.values.set("interrupt_action", n.action.clone());
-                run.values.set("interrupt_time", n.time.clone());
+        loop {
+            let Some(observation) = watcher.next(&self.signals.stop, false).await else {
+                tracing::info!("signal received: stopping");
+                let stopping = state.next(Input::Signal).expect("started → stopping");
+                return self.finish(stopping, runs, None, None).await;
+            };
+            if observation.is_final() {
+                return self.end_by(state, observation, runs).await;
             }
+            state = state
+                .next(Input::News)
+                .expect("news keeps the daemon started");
+            self.news(&mut runs, observation).await;
         }
-        self.finish(next.expect("started → interrupted or stopping"), runs, None)
-            .await
     }
 
-    /// Runs a phase of init under the init deadline, giving way to a signal.
-    async fn guarded<T>(
-        &self,
-        phase: impl std::future::Future<Output = T>,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Phase<T> {
-        let timed = async {
-            match deadline {
-                Some(d) => match tokio::time::timeout_at(d, phase).await {
-                    Ok(v) => Phase::Done(v),
-                    Err(_) => Phase::TimedOut(anyhow!(
-                        "init did not finish within the timeout of {}s",
-                        self.config.timeout.unwrap_or_default().as_secs_f64()
-                    )),
-                },
-                None => Phase::Done(phase.await),
+    /// A rebalance recommendation or scheduled maintenance: its hooks and
+    /// notifications, then back to watching.
+    async fn news(&self, runs: &mut [DomainRun], observation: Observation) {
+        let (event, detail) = match &observation {
+            Observation::Rebalance(time) => {
+                (Event::Rebalance, format!("rebalance recommended at {time}"))
             }
+            Observation::Maintenance(events) => (
+                Event::Maintenance,
+                format!("maintenance scheduled: {events}"),
+            ),
+            _ => unreachable!("final observations end the watch"),
         };
-        tokio::select! {
-            p = timed => p,
-            _ = self.stop.cancelled() => Phase::Stopped,
-        }
+        tracing::warn!("{detail}");
+        systemd::status(&format!("{event}: running hooks; still watching"));
+        let policy = Policy {
+            hurry: self.signals.hurry.clone(),
+            ..Policy::new(OnFailure::Continue)
+        };
+        futures_util::future::join_all(runs.iter().map(|r| r.run_hooks(event, &policy))).await;
+        futures_util::future::join_all(runs.iter().map(|r| r.notify(&self.shared, event))).await;
+        systemd::status("watching for spot interruptions");
+    }
+
+    /// A spot notice or an Auto Scaling termination: the last phase, within
+    /// the time it leaves.
+    async fn end_by(
+        &self,
+        state: State,
+        observation: Observation,
+        mut runs: Vec<DomainRun>,
+    ) -> Outcome {
+        let (input, deadline) = match &observation {
+            Observation::Spot(n) => {
+                tracing::warn!("spot interruption notice: {} at {}", n.action, n.time);
+                for run in &mut runs {
+                    run.values.set("interrupt_action", n.action.clone());
+                    run.values.set("interrupt_time", n.time.clone());
+                }
+                let at = humantime::parse_rfc3339_weak(&n.time).unwrap_or_else(|_| {
+                    tracing::warn!(
+                        "the notice's time {:?} does not parse; assuming two minutes",
+                        n.time
+                    );
+                    SystemTime::now() + SPOT_WARNING
+                });
+                (Input::Notice, at)
+            }
+            Observation::Terminating => {
+                tracing::warn!("Auto Scaling is terminating this instance");
+                (Input::Termination, SystemTime::now() + TERMINATION_BUDGET)
+            }
+            _ => unreachable!("only final observations end the instance"),
+        };
+        let next = state
+            .next(input)
+            .expect("a notice or termination ends starting and started");
+        self.finish(next, runs, None, Some(deadline)).await
     }
 
     fn fresh_runs(&self) -> Vec<DomainRun> {
@@ -274,11 +330,48 @@ impl Daemon {
         (runs, Some(anyhow!("{}", errors.join("; "))))
     }
 
+    /// Runs a phase of init under the init deadline, giving way to a signal
+    /// and to a spot notice or termination (whose deadline matters more).
+    async fn guarded<T>(
+        &self,
+        phase: impl std::future::Future<Output = T>,
+        deadline: Option<tokio::time::Instant>,
+        watcher: &mut Watcher,
+    ) -> Phase<T> {
+        let timed = async {
+            match deadline {
+                Some(d) => match tokio::time::timeout_at(d, phase).await {
+                    Ok(v) => Phase::Done(v),
+                    Err(_) => Phase::TimedOut(anyhow!(
+                        "init did not finish within the timeout of {}s",
+                        self.config.timeout.unwrap_or_default().as_secs_f64()
+                    )),
+                },
+                None => Phase::Done(phase.await),
+            }
+        };
+        let ended = async {
+            match watcher.next(&self.signals.stop, true).await {
+                Some(o) => o,
+                // A stop: the branch below answers it.
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            p = timed => p,
+            _ = self.signals.stop.cancelled() => Phase::Stopped,
+            o = ended => {
+                tracing::warn!("a notice arrived during init: cancelling init");
+                Phase::Ended(o)
+            }
+        }
+    }
+
     /// `started` hooks of every domain in parallel, then notifications.
     async fn started(&self, runs: &[DomainRun]) -> Result<()> {
+        let policy = Policy::new(OnFailure::Stop);
         let results = futures_util::future::join_all(
-            runs.iter()
-                .map(|r| r.run_hooks(Event::Started, OnFailure::Stop)),
+            runs.iter().map(|r| r.run_hooks(Event::Started, &policy)),
         )
         .await;
         let errors: Vec<String> = runs
@@ -297,13 +390,15 @@ impl Daemon {
         Ok(())
     }
 
-    /// The last phase: hooks of the final state in every domain, then
+    /// The last phase: hooks of the final state in every domain (sharing
+    /// the time until `deadline`, less the reserve), releases, then
     /// notifications.
     async fn finish(
         &self,
         state: State,
         mut runs: Vec<DomainRun>,
         error: Option<anyhow::Error>,
+        deadline: Option<SystemTime>,
     ) -> Outcome {
         debug_assert!(state.is_final());
         let event = state.event();
@@ -311,17 +406,34 @@ impl Daemon {
         for run in &mut runs {
             run.values.set("error", error_text.clone());
         }
+        let hooks_until = deadline.map(|d| {
+            let left = d.duration_since(SystemTime::now()).unwrap_or_default();
+            let budget = left.saturating_sub(self.options.shutdown_reserve);
+            tracing::info!(
+                "{event}: {:.0}s until the deadline; hooks get {:.0}s, {:.0}s kept for releasing and reporting",
+                left.as_secs_f64(),
+                budget.as_secs_f64(),
+                self.options.shutdown_reserve.as_secs_f64()
+            );
+            tokio::time::Instant::now() + budget
+        });
         let line = match &error {
             Some(e) => format!("{event}: {e:#}"),
             None => format!("{event}: running hooks"),
         };
         systemd::stopping(&line);
         tracing::info!("{line}");
+        let policy = Policy {
+            deadline: hooks_until,
+            hurry: self.signals.hurry.clone(),
+            ..Policy::new(OnFailure::Continue)
+        };
         // Each domain: its hooks, then (if they succeeded) the volumes it
         // was asked to release at this event.
         let shared = &self.shared;
+        let policy = &policy;
         let results = futures_util::future::join_all(runs.iter_mut().map(|r| async move {
-            let result = r.run_hooks(event, OnFailure::Continue).await;
+            let result = r.run_hooks(event, policy).await;
             r.release_for(shared, event, result.is_ok()).await;
             result
         }))
@@ -426,20 +538,41 @@ async fn read_user_data_config(imds: &ImdsClient) -> Result<Result<Config, Confi
     }
 }
 
-fn spawn_signal_listener(stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT");
-        return;
-    };
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
-        stop.cancel();
-    });
+/// SIGTERM and SIGINT: the first stops the daemon (`stopping`), the next
+/// hurries it (running hooks get SIGTERM now).
+struct Signals {
+    stop: CancellationToken,
+    hurry: CancellationToken,
+}
+
+impl Signals {
+    fn listen() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let signals = Signals {
+            stop: CancellationToken::new(),
+            hurry: CancellationToken::new(),
+        };
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot listen for SIGTERM/SIGINT");
+            return signals;
+        };
+        let (stop, hurry) = (signals.stop.clone(), signals.hurry.clone());
+        tokio::spawn(async move {
+            for token in [stop, hurry] {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM"),
+                    _ = int.recv() => tracing::info!("SIGINT"),
+                }
+                if token.is_cancelled() {
+                    continue;
+                }
+                token.cancel();
+            }
+            tracing::warn!("second signal: hurrying the hooks");
+        });
+        signals
+    }
 }

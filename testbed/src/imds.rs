@@ -8,6 +8,10 @@
 //! - `DELETE /control/spot-interruption`
 //! - `PUT /control/user-data` with the raw user data as the body
 //! - `GET /control/requests`: how many metadata requests were served
+//! - `POST /control/rebalance`: a rebalance recommendation, noticed now
+//! - `PUT /control/target-lifecycle-state` with `InService` or `Terminated`
+//!   as the body (Auto Scaling)
+//! - `PUT /control/maintenance` with the JSON list of scheduled events
 //! - `POST /control/faults` with JSON `{"latency_ms": 0, "fail_next": 0}`:
 //!   delay every answer, or answer the next N requests (token requests too)
 //!   with 500
@@ -57,6 +61,9 @@ struct Emu {
     meta: InstanceMeta,
     user_data: Option<Vec<u8>>,
     notice: Option<(Notice, Instant)>,
+    rebalance: Option<String>,
+    lifecycle_state: Option<String>,
+    maintenance: String,
     tokens: HashMap<String, Instant>,
     /// Grant at most this TTL, whatever is asked (to exercise refreshes).
     token_ttl_cap: Option<u64>,
@@ -90,6 +97,9 @@ impl ImdsEmulator {
             meta,
             user_data: None,
             notice: None,
+            rebalance: None,
+            lifecycle_state: None,
+            maintenance: "[]".into(),
             tokens: HashMap::new(),
             token_ttl_cap: None,
             latency: Duration::ZERO,
@@ -104,6 +114,9 @@ impl ImdsEmulator {
             .route("/control/spot-interruption", post(raise).delete(clear))
             .route("/control/user-data", put(set_user_data))
             .route("/control/requests", get(requests))
+            .route("/control/rebalance", post(rebalance))
+            .route("/control/target-lifecycle-state", put(lifecycle_state))
+            .route("/control/maintenance", put(maintenance))
             .route("/control/faults", post(faults))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -136,6 +149,23 @@ impl ImdsEmulator {
     /// Metadata requests served (any answer).
     pub fn requests(&self) -> u64 {
         self.state.lock().unwrap().requests
+    }
+
+    /// A rebalance recommendation, noticed now.
+    pub fn raise_rebalance(&self) -> String {
+        let time = rfc3339(SystemTime::now());
+        self.state.lock().unwrap().rebalance = Some(time.clone());
+        time
+    }
+
+    /// Auto Scaling's target lifecycle state (`InService`, `Terminated`).
+    pub fn set_target_lifecycle_state(&self, state: &str) {
+        self.state.lock().unwrap().lifecycle_state = Some(state.to_string());
+    }
+
+    /// The scheduled maintenance events, as the JSON list IMDS serves.
+    pub fn set_maintenance(&self, events: serde_json::Value) {
+        self.state.lock().unwrap().maintenance = events.to_string();
     }
 
     /// Tokens handed out so far.
@@ -275,6 +305,12 @@ async fn metadata(
         "system" => Some("nitro".to_string()),
         "mac" => Some(m.mac.clone()),
         "public-ipv4" => m.public_ipv4.clone(),
+        "autoscaling/target-lifecycle-state" => emu.lifecycle_state.clone(),
+        "events/recommendations/rebalance" => emu
+            .rebalance
+            .as_ref()
+            .map(|t| serde_json::json!({ "noticeTime": t }).to_string()),
+        "events/maintenance/scheduled" => Some(emu.maintenance.clone()),
         "spot/instance-action" => emu
             .notice
             .as_ref()
@@ -323,6 +359,25 @@ async fn raise(State(s): State<Shared>, body: Bytes) -> Response {
     };
     s.lock().unwrap().notice = Some((notice.clone(), visible));
     Json(notice).into_response()
+}
+
+async fn rebalance(State(s): State<Shared>) -> String {
+    let time = rfc3339(SystemTime::now());
+    s.lock().unwrap().rebalance = Some(time.clone());
+    time
+}
+
+async fn lifecycle_state(State(s): State<Shared>, body: String) -> StatusCode {
+    s.lock().unwrap().lifecycle_state = Some(body.trim().to_string());
+    StatusCode::NO_CONTENT
+}
+
+async fn maintenance(State(s): State<Shared>, body: String) -> StatusCode {
+    if serde_json::from_str::<Vec<serde_json::Value>>(&body).is_err() {
+        return StatusCode::BAD_REQUEST;
+    }
+    s.lock().unwrap().maintenance = body;
+    StatusCode::NO_CONTENT
 }
 
 async fn clear(State(s): State<Shared>) -> StatusCode {
