@@ -6,6 +6,7 @@ mod common;
 mod double;
 mod fleet;
 mod imds;
+mod lifecycle;
 mod pools;
 mod run;
 mod units;
