@@ -172,9 +172,10 @@ impl Daemon {
                 return self.finish(State::Failed, runs, Some(e), None).await
             }
             Phase::TimedOut(e) => {
+                self.roll_back_init().await;
                 return self
                     .finish(State::Failed, self.fresh_runs(), Some(e), None)
-                    .await
+                    .await;
             }
             // Dropping the bring-up ends its hooks (they are killed on drop).
             Phase::Stopped => {
@@ -364,6 +365,24 @@ impl Daemon {
                 tracing::warn!("a notice arrived during init: cancelling init");
                 Phase::Ended(o)
             }
+        }
+    }
+
+    /// After an init cut short by its timeout: undo what the domains still
+    /// held uncommitted (their volumes carry this run's transaction mark).
+    async fn roll_back_init(&self) {
+        let s = &self.shared;
+        match volumes::roll_back_transaction(
+            &s.clients.ec2,
+            &s.facts,
+            &s.device_root,
+            &s.transaction_id,
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!("init timed out: rolled back {n} volume(s)"),
+            Err(e) => tracing::error!("init timed out; rolling back: {e:#}"),
         }
     }
 

@@ -1,6 +1,7 @@
-//! What a killed run left: volumes it marked with its transaction and never
-//! committed. Only this instance's own runs are cleaned up (their
-//! transaction IDs start with the instance ID).
+//! Volumes marked with a transaction that never committed: what a killed
+//! run left, or what this run's init did before it timed out. Only this
+//! instance's own runs are cleaned up (their transaction IDs start with the
+//! instance ID).
 
 use anyhow::Result;
 use aws_sdk_ec2::types::Filter;
@@ -17,6 +18,27 @@ pub async fn clean_up_leftovers(
     facts: &InstanceFacts,
     device_root: &std::path::Path,
     transaction_id: &str,
+) -> Result<usize> {
+    clean_up(ec2, facts, device_root, transaction_id, false).await
+}
+
+/// Undoes what this run's own transaction still holds uncommitted (an init
+/// cut short by its timeout): detaches it, deletes what it created.
+pub async fn roll_back_transaction(
+    ec2: &aws_sdk_ec2::Client,
+    facts: &InstanceFacts,
+    device_root: &std::path::Path,
+    transaction_id: &str,
+) -> Result<usize> {
+    clean_up(ec2, facts, device_root, transaction_id, true).await
+}
+
+async fn clean_up(
+    ec2: &aws_sdk_ec2::Client,
+    facts: &InstanceFacts,
+    device_root: &std::path::Path,
+    transaction_id: &str,
+    current: bool,
 ) -> Result<usize> {
     let out = ec2
         .describe_volumes()
@@ -37,7 +59,12 @@ pub async fn clean_up_leftovers(
         let Some(tx) = tags::value(volume, tags::TRANSACTION) else {
             continue;
         };
-        if !tx.starts_with(&ours) || tx == transaction_id {
+        let mine = if current {
+            tx == transaction_id
+        } else {
+            tx.starts_with(&ours) && tx != transaction_id
+        };
+        if !mine {
             continue;
         }
         let id = volume.volume_id().unwrap_or_default();
@@ -54,11 +81,21 @@ pub async fn clean_up_leftovers(
             .iter()
             .any(|a| a.instance_id() == Some(&facts.instance_id));
         if tags::value(volume, tags::IN_TRANSIT) == Some("true") {
-            tracing::warn!("[{domain}] {id} was created by an interrupted run ({tx}) and never used: deleting it");
+            if current {
+                tracing::warn!("[{domain}] rolling back: deleting {id}, created by this init");
+            } else {
+                tracing::warn!("[{domain}] {id} was created by an interrupted run ({tx}) and never used: deleting it");
+            }
             if attached_here {
                 detach_and_wait(&ctx, id, false).await?;
             }
             super::delete_volume(&ctx, id).await?;
+        } else if current {
+            tracing::warn!("[{domain}] rolling back: releasing {id}");
+            if attached_here {
+                detach_and_wait(&ctx, id, false).await?;
+            }
+            tags::remove(ec2, id, &[tags::TRANSACTION]).await?;
         } else {
             tracing::warn!(
                 "[{domain}] {id} still carries the mark of an interrupted run ({tx}): removing it"

@@ -430,3 +430,36 @@ async fn second_run_on_a_pool_changes_nothing_in_ec2() {
         1
     );
 }
+
+/// The init timeout cuts a volume hook that hangs: what the domain attached
+/// and created is rolled back before the failed path.
+#[tokio::test]
+async fn init_timeout_rolls_back_the_domain() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let given = tb.create_volume("a", 4).await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "slow.jsonc",
+        &format!(
+            r#"{{ "timeout": 3, "domains": {{ "app": {{ "attach-volume": [
+                {{ "device": "/dev/xvdf", "source": "x", "volume-id": "{given}" }},
+                {{ "device": "/dev/xvdg", "source": "c", "pool-name": "data", "create": {{ "Size": 4 }},
+                   "exec": [{{ "lines": [{{ "argv": ["/bin/sleep", "60"] }}] }}] }} ] }} }} }}"#
+        ),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
+    assert!(d.log().contains("timeout of 3s"), "{}", d.log());
+    assert!(
+        tb.pool_volumes("app", "data").await.unwrap().is_empty(),
+        "the created volume was left: {}",
+        d.log()
+    );
+    assert!(
+        tb.attachments(&given).await.unwrap().is_empty(),
+        "the given volume stayed attached: {}",
+        d.log()
+    );
+}
