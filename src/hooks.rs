@@ -123,9 +123,12 @@ pub async fn run_reported(
 /// How long this line may run, and why that long.
 fn time_limit(line: &ExecLine, policy: &Policy) -> Option<(Duration, &'static str)> {
     let own = line.timeout.map(|t| (t, "its timeout"));
+    // SIGTERM comes early enough for the grace period to end by the deadline.
     let left = policy.deadline.map(|d| {
         (
-            d.saturating_duration_since(Instant::now()).max(MIN_SLICE),
+            d.saturating_duration_since(Instant::now())
+                .saturating_sub(GRACE)
+                .max(MIN_SLICE),
             "the event's deadline",
         )
     });
@@ -196,29 +199,34 @@ async fn run_line(
             None => std::future::pending().await,
         }
     };
+    tokio::pin!(sleep);
+    // Until the cut is armed, the hook's group is killed if this future is
+    // dropped (init cancelled): what it started must not outlive the daemon.
+    let group = GroupGuard(child.id());
     let mut output_done = false;
     let mut cut = None;
-    let status = tokio::select! {
-        status = child.wait() => status,
-        _ = &mut output => {
-            output_done = true;
-            child.wait().await
-        }
-        _ = sleep => {
-            let (d, why) = limit.expect("a sleep only with a limit");
-            tracing::warn!(
-                "[{}] {}: cutting {program} after {:.1}s: {why} allows no more; SIGTERM, SIGKILL in {}s",
-                scope.domain, scope.event, d.as_secs_f64(), GRACE.as_secs()
-            );
-            cut = Some(format!("cut after {:.1}s ({why})", started.elapsed().as_secs_f64()));
-            terminate(&mut child).await
-        }
-        _ = policy.hurry.cancelled() => {
-            tracing::warn!("[{}] {}: hurrying {program}: SIGTERM, SIGKILL in {}s", scope.domain, scope.event, GRACE.as_secs());
-            cut = Some("stopped early: asked to hurry".to_string());
-            terminate(&mut child).await
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            // Output ended first (or the hook closed it): keep waiting, cuts armed.
+            _ = &mut output, if !output_done => output_done = true,
+            _ = &mut sleep => {
+                let (d, why) = limit.expect("a sleep only with a limit");
+                tracing::warn!(
+                    "[{}] {}: cutting {program} after {:.1}s: {why} allows no more; SIGTERM, SIGKILL in {}s",
+                    scope.domain, scope.event, d.as_secs_f64(), GRACE.as_secs()
+                );
+                cut = Some(format!("cut after {:.1}s ({why})", started.elapsed().as_secs_f64()));
+                break terminate(&mut child).await;
+            }
+            _ = policy.hurry.cancelled() => {
+                tracing::warn!("[{}] {}: hurrying {program}: SIGTERM, SIGKILL in {}s", scope.domain, scope.event, GRACE.as_secs());
+                cut = Some("stopped early: asked to hurry".to_string());
+                break terminate(&mut child).await;
+            }
         }
     };
+    group.disarm();
     let status = status.map_err(|e| format!("hook {argv:?}: waiting for it failed: {e}"))?;
     // A hook may leave a background process holding its stdout open (a
     // server started with `&`): forward what is already written, then move on.
@@ -238,6 +246,23 @@ async fn run_line(
             use std::os::unix::process::ExitStatusExt;
             let signal = status.signal().unwrap_or(0);
             Err(format!("hook {argv:?} was killed by signal {signal}"))
+        }
+    }
+}
+
+/// Kills a hook's process group when dropped before [`GroupGuard::disarm`].
+struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
 }

@@ -128,11 +128,12 @@ def _volume_status(self):
 
 
 def _volume_attachment_get(self):
-    att = self.__dict__.get("_attachment")
-    if att is not None and att.__dict__.get("_status") == "detaching" and now() >= att._detached_at:
-        _finish_detach(self, att)
-        att = None
-    return att
+    with LOCK:
+        att = self.__dict__.get("_attachment")
+        if att is not None and att.__dict__.get("_status") == "detaching" and now() >= att._detached_at:
+            _finish_detach(self, att)
+            att = None
+        return att
 
 
 def _volume_attachment_set(self, value):
@@ -142,7 +143,9 @@ def _volume_attachment_set(self, value):
 def _finish_detach(volume, att):
     att.__dict__["_status"] = "detached"
     att.instance.block_device_mapping.pop(att.device, None)
-    volume.__dict__["_attachment"] = None
+    # Only if no new attachment took its place meanwhile.
+    if volume.__dict__.get("_attachment") is att:
+        volume.__dict__["_attachment"] = None
 
 
 def _attachment_status_get(self):

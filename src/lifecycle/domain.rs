@@ -55,6 +55,8 @@ pub struct DomainRun {
     pub domain: Domain,
     pub values: MacroValues,
     pub volumes: Vec<AttachedVolume>,
+    /// The `failed` hooks already ran (before a rollback).
+    pub failed_hooks_ran: bool,
 }
 
 impl DomainRun {
@@ -65,6 +67,7 @@ impl DomainRun {
             domain,
             values,
             volumes: Vec::new(),
+            failed_hooks_ran: false,
         }
     }
 
@@ -77,27 +80,29 @@ impl DomainRun {
     }
 
     /// `starting` hooks, volumes and their hooks, DNS records: all or
-    /// nothing. On a critical failure what this run attached is detached and
-    /// what it created deleted; on success the claims are committed.
+    /// nothing. On a critical failure the domain's `failed` hooks run first
+    /// (they unmount), then what this run attached is detached and what it
+    /// created deleted; on success the claims are committed.
     pub async fn bring_up(&mut self, shared: &Shared) -> Result<()> {
-        let result = self.bring_up_steps(shared).await;
+        let mut result = self.bring_up_steps(shared).await;
         let ctx = shared.volume_ctx(&self.domain.name);
-        match result {
-            Ok(()) => {
-                if let Err(e) = volumes::commit(&ctx, &self.volumes).await {
-                    // The domain is up; the stale mark is cleaned up by the next run.
-                    tracing::warn!("[{}] committing the volume claims: {e:#}", self.domain.name);
-                }
-                Ok(())
+        if result.is_ok() {
+            result = volumes::commit(&ctx, &self.volumes).await;
+        }
+        if let Err(e) = &result {
+            if self.volumes.iter().any(|v| v.attached_now) {
+                self.values.set("error", format!("{e:#}"));
+                let _ = self
+                    .run_hooks(Event::Failed, &Policy::new(OnFailure::Continue))
+                    .await;
+                self.failed_hooks_ran = true;
             }
-            Err(e) => {
-                volumes::rollback(&ctx, &self.volumes).await;
-                for v in &mut self.volumes {
-                    v.released |= v.attached_now;
-                }
-                Err(e)
+            volumes::rollback(&ctx, &self.volumes).await;
+            for v in &mut self.volumes {
+                v.released |= v.attached_now;
             }
         }
+        result
     }
 
     async fn bring_up_steps(&mut self, shared: &Shared) -> Result<()> {

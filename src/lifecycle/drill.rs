@@ -19,7 +19,12 @@ pub async fn drill(config: &Path, deadline: Duration, reserve: Duration) -> Outc
         Ok(c) => c,
         Err(e) => return Outcome::BadConfig(e),
     };
-    match run(&config, deadline, reserve).await {
+    // Ctrl-C ends the drill; the hooks' process groups go with it.
+    let outcome = tokio::select! {
+        r = run(&config, deadline, reserve) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("drill interrupted")),
+    };
+    match outcome {
         Ok(true) => Outcome::Clean(State::Interrupted),
         Ok(false) => Outcome::Failed(anyhow::anyhow!(
             "the interrupted hooks do not fit the deadline, or failed"

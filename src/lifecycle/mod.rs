@@ -103,7 +103,7 @@ pub async fn run(options: Options) -> Outcome {
     );
     let region = aws::region_from_env().unwrap_or_else(|| facts.region.clone());
     let clients = Clients::load(&region).await;
-    let transaction_id = transaction_id(&facts.instance_id);
+    let transaction_id = transaction_id(&facts.instance_id, &options.config);
     let shared = Arc::new(Shared {
         base_values: base_values(&facts, &transaction_id),
         clients,
@@ -209,7 +209,6 @@ impl Daemon {
         tracing::info!("{line}");
         systemd::ready(&line);
 
-        let mut runs = runs;
         loop {
             let Some(observation) = watcher.next(&self.signals.stop, false).await else {
                 tracing::info!("signal received: stopping");
@@ -222,13 +221,34 @@ impl Daemon {
             state = state
                 .next(Input::News)
                 .expect("news keeps the daemon started");
-            self.news(&mut runs, observation).await;
+            // The news hooks run while the watch goes on: a notice or a signal
+            // that comes meanwhile cuts them short and takes over.
+            let news_hurry = self.signals.hurry.child_token();
+            let mut news = Box::pin(self.news(&runs, observation, news_hurry.clone()));
+            let overtaken = tokio::select! {
+                _ = &mut news => None,
+                o = watcher.next(&self.signals.stop, true) => Some(o),
+            };
+            if overtaken.is_some() {
+                news_hurry.cancel();
+                news.as_mut().await;
+            }
+            drop(news);
+            if let Some(o) = overtaken {
+                return match o {
+                    Some(o) => self.end_by(state, o, runs).await,
+                    None => {
+                        let stopping = state.next(Input::Signal).expect("started → stopping");
+                        self.finish(stopping, runs, None, None).await
+                    }
+                };
+            }
         }
     }
 
     /// A rebalance recommendation or scheduled maintenance: its hooks and
     /// notifications, then back to watching.
-    async fn news(&self, runs: &mut [DomainRun], observation: Observation) {
+    async fn news(&self, runs: &[DomainRun], observation: Observation, hurry: CancellationToken) {
         let (event, detail) = match &observation {
             Observation::Rebalance(time) => {
                 (Event::Rebalance, format!("rebalance recommended at {time}"))
@@ -242,7 +262,7 @@ impl Daemon {
         tracing::warn!("{detail}");
         systemd::status(&format!("{event}: running hooks; still watching"));
         let policy = Policy {
-            hurry: self.signals.hurry.clone(),
+            hurry,
             ..Policy::new(OnFailure::Continue)
         };
         futures_util::future::join_all(runs.iter().map(|r| r.run_hooks(event, &policy))).await;
@@ -452,6 +472,10 @@ impl Daemon {
         let shared = &self.shared;
         let policy = &policy;
         let results = futures_util::future::join_all(runs.iter_mut().map(|r| async move {
+            // A domain that failed ran its failed hooks before its rollback.
+            if event == Event::Failed && r.failed_hooks_ran {
+                return Ok(());
+            }
             let result = r.run_hooks(event, policy).await;
             r.release_for(shared, event, result.is_ok()).await;
             result
@@ -518,13 +542,30 @@ fn base_values(facts: &InstanceFacts, transaction_id: &str) -> MacroValues {
     v
 }
 
-/// Unique per run: the instance and the start time. Starting with the
-/// instance ID lets a later run here recognise what an earlier one left.
-fn transaction_id(instance_id: &str) -> String {
+/// Unique per run: `INSTANCE-SCOPE-TIME`. The instance and the config's
+/// name (several `ec2fleetd@NAME` may run on one instance) let a later run
+/// of the same daemon recognise what an earlier one left.
+fn transaction_id(instance_id: &str, source: &ConfigSource) -> String {
+    let scope = match source {
+        ConfigSource::UserData => "user_data".to_string(),
+        ConfigSource::File(path) => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '@' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+    };
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("{instance_id}-{nanos:x}")
+    format!("{instance_id}-{scope}-{nanos:x}")
 }
 
 /// The config from user data; `Ok(Err)` when the user data is not a usable

@@ -1,7 +1,7 @@
 //! Volumes marked with a transaction that never committed: what a killed
 //! run left, or what this run's init did before it timed out. Only this
-//! instance's own runs are cleaned up (their transaction IDs start with the
-//! instance ID).
+//! instance's own runs of the same config are cleaned up (their transaction
+//! IDs start with the instance ID and the config's name).
 
 use anyhow::Result;
 use aws_sdk_ec2::types::Filter;
@@ -53,7 +53,9 @@ async fn clean_up(
         .map_err(|e| {
             super::ec2_error("DescribeVolumes (leftovers)", "with a transaction tag", &e)
         })?;
-    let ours = format!("{}-", facts.instance_id);
+    // Transaction IDs are `INSTANCE-SCOPE-TIME`: this daemon's runs share
+    // `INSTANCE-SCOPE-` (other daemons on the instance have other scopes).
+    let ours = &transaction_id[..=transaction_id.rfind('-').unwrap_or(0)];
     let mut touched = 0;
     for volume in out.volumes() {
         let Some(tx) = tags::value(volume, tags::TRANSACTION) else {
@@ -62,7 +64,7 @@ async fn clean_up(
         let mine = if current {
             tx == transaction_id
         } else {
-            tx.starts_with(&ours) && tx != transaction_id
+            tx.starts_with(ours) && tx != transaction_id
         };
         if !mine {
             continue;

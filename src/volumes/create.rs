@@ -68,7 +68,7 @@ pub async fn create(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim> {
     );
     let attached = async {
         wait_available(ctx, &volume_id).await?;
-        attach_call(ctx, &volume_id, &spec.device)
+        attach_call(ctx, &volume_id, &spec.device, Vec::new())
             .await
             .map_err(|e| match e {
                 AttachError::Taken(code) => {
@@ -91,6 +91,7 @@ pub async fn create(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim> {
         volume_id,
         attached_now: true,
         created: true,
+        marked: true,
     })
 }
 

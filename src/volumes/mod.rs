@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
-use aws_sdk_ec2::types::{Volume, VolumeAttachmentState, VolumeState};
+use aws_sdk_ec2::types::{Tag, Volume, VolumeAttachmentState};
 use tokio::time::Instant;
 
 use crate::aws;
@@ -49,6 +49,9 @@ pub struct Claim {
     pub volume_id: String,
     pub attached_now: bool,
     pub created: bool,
+    /// Found attached here still carrying a run's marks (adopted after a
+    /// clean-up that could not finish): commit removes them.
+    pub marked: bool,
 }
 
 /// A volume held by this instance for a domain.
@@ -60,6 +63,8 @@ pub struct AttachedVolume {
     pub attached_now: bool,
     /// This run created it.
     pub created: bool,
+    /// Carries a transaction mark to remove at commit.
+    pub marked: bool,
     /// The AttachVolume device name.
     pub device_name: String,
     /// The block device, under the device root.
@@ -81,29 +86,36 @@ pub async fn attach(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<AttachedVolume> 
     let mut failures = Vec::new();
     for &source in &spec.sources {
         let outcome = match source {
-            VolumeSource::Given => attach_given(ctx, spec).await.map(Some),
+            VolumeSource::Given => attach_given(ctx, spec).await,
             VolumeSource::Pool | VolumeSource::Create => match held_here(ctx, spec).await {
-                Ok(Some(held)) => Ok(Some(held)),
-                Ok(None) if source == VolumeSource::Pool => pool::claim(ctx, spec).await,
-                Ok(None) => create::create(ctx, spec).await.map(Some),
-                Err(e) => Err(e),
+                Ok(Some(held)) => Ok(held),
+                Ok(None) if source == VolumeSource::Pool => match pool::claim(ctx, spec).await {
+                    Ok(Some(claim)) => Ok(claim),
+                    Ok(None) => Err(SourceError::Unavailable("no free volume".into())),
+                    Err(e) => Err(SourceError::Failed(e)),
+                },
+                Ok(None) => create::create(ctx, spec).await.map_err(SourceError::Failed),
+                Err(e) => Err(SourceError::Failed(e)),
             },
         };
         let claim = match outcome {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                failures.push(format!("{}: no free volume", source.letter()));
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "[{}] volume source {:?} for {}: {e:#}",
+            Ok(c) => c,
+            Err(SourceError::Unavailable(why)) => {
+                tracing::info!(
+                    "[{}] volume source {:?} for {}: {why}",
                     ctx.domain,
                     source.letter(),
                     spec.device
                 );
-                failures.push(format!("{}: {e:#}", source.letter()));
+                failures.push(format!("{}: {why}", source.letter()));
                 continue;
+            }
+            Err(SourceError::Failed(e)) => {
+                return Err(e.context(format!(
+                    "volume source {:?} for {} failed (later sources are not tried: they could put an empty volume in its place)",
+                    source.letter(),
+                    spec.device
+                )));
             }
         };
         let attached = AttachedVolume {
@@ -111,22 +123,11 @@ pub async fn attach(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<AttachedVolume> 
             source,
             attached_now: claim.attached_now,
             created: claim.created,
+            marked: claim.marked,
             device_name: spec.device.clone(),
             device: PathBuf::new(),
             released: false,
         };
-        // Mark the claim as this run's until the domain commits. A created
-        // volume was tagged when it was made.
-        if claim.attached_now && !claim.created {
-            let mut marks = vec![tags::tag(tags::TRANSACTION, ctx.transaction_id)];
-            if source == VolumeSource::Pool {
-                marks.push(tags::tag(tags::LAST_USED, &unix_now().to_string()));
-            }
-            if let Err(e) = tags::set(ctx.ec2, &claim.volume_id, marks).await {
-                undo(ctx, &attached).await;
-                return Err(e);
-            }
-        }
         match device::wait_for(
             ctx.device_root,
             &claim.volume_id,
@@ -210,59 +211,93 @@ async fn held_here(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Option<Claim>> {
             volume_id: id.to_string(),
             attached_now: false,
             created: false,
+            marked: is_marked(volume),
         }));
     }
     Ok(None)
 }
 
+/// Whether a volume carries a run's marks.
+fn is_marked(volume: &Volume) -> bool {
+    tags::value(volume, tags::TRANSACTION).is_some()
+        || tags::value(volume, tags::IN_TRANSIT).is_some()
+}
+
+/// Why a source gave no volume.
+enum SourceError {
+    /// Nothing to be had here: the next source may try.
+    Unavailable(String),
+    /// Something went wrong (AWS unreachable, a call refused): trying the
+    /// next source could put an empty volume where the data volume belongs.
+    Failed(anyhow::Error),
+}
+
 /// Source `x`: attach the given volume, or find it already attached here.
-async fn attach_given(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim> {
+async fn attach_given(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim, SourceError> {
     let id = spec
         .volume_id
         .as_deref()
         .expect("validated: x has a volume-id");
     let device = spec.device.as_str();
-    let volume = describe(ctx.ec2, id).await?;
+    let volume = describe(ctx.ec2, id).await.map_err(|e| {
+        if e.to_string().contains("does not exist") {
+            SourceError::Unavailable(format!("{e:#}"))
+        } else {
+            SourceError::Failed(e)
+        }
+    })?;
     let zone = volume.availability_zone().unwrap_or_default();
     if zone != ctx.facts.zone {
-        bail!(
+        return Err(SourceError::Unavailable(format!(
             "{id} is in {zone}, this instance in {}: a volume attaches only within its zone",
             ctx.facts.zone
-        );
+        )));
     }
     // A volume without multi-attach has at most one attachment.
     if let Some(att) = volume.attachments().first() {
         let holder = att.instance_id().unwrap_or_default();
         if holder == ctx.facts.instance_id {
             if att.device() != Some(device) {
-                bail!(
+                return Err(SourceError::Failed(anyhow!(
                     "{id} is already attached here as {}, not {device}",
                     att.device().unwrap_or("?")
-                );
+                )));
             }
             tracing::info!("[{}] {id} is already attached here as {device}", ctx.domain);
-            wait_attached(ctx, id).await?;
+            wait_attached(ctx, id).await.map_err(SourceError::Failed)?;
             return Ok(Claim {
                 volume_id: id.to_string(),
                 attached_now: false,
                 created: false,
+                marked: is_marked(&volume),
             });
         }
-        bail!("{id} is attached to {holder}: it is not free (VolumeInUse)");
+        return Err(SourceError::Unavailable(format!(
+            "{id} is attached to {holder}: it is not free"
+        )));
     }
-    match attach_call(ctx, id, device).await {
+    match attach_call(ctx, id, device, claim_marks(ctx, false)).await {
         Ok(()) => Ok(Claim {
             volume_id: id.to_string(),
             attached_now: true,
             created: false,
+            marked: true,
         }),
-        Err(AttachError::Taken(code)) => bail!("{id} is not free ({code})"),
-        Err(AttachError::Failed(e)) => Err(e),
+        Err(AttachError::Taken(code)) => Err(SourceError::Unavailable(format!(
+            "{id} is not free ({code})"
+        ))),
+        Err(AttachError::Failed(e)) => Err(SourceError::Failed(e)),
     }
 }
 
-/// AttachVolume, then wait until the attachment reads `attached`.
-pub(crate) async fn attach_call(ctx: &Ctx<'_>, id: &str, device: &str) -> Result<(), AttachError> {
+/// AttachVolume; then `marks` on the volume at once (so that an interrupted
+/// run leaves a trace), then wait until the attachment reads `attached`.
+pub(crate) async fn attach_call(
+    ctx: &Ctx<'_>,
+    id: &str,
+    device: &str,
+    marks: Vec<Tag>,
+) -> Result<(), AttachError> {
     tracing::info!(
         "[{}] attaching {id} to {} as {device}",
         ctx.domain,
@@ -277,25 +312,84 @@ pub(crate) async fn attach_call(ctx: &Ctx<'_>, id: &str, device: &str) -> Result
         .send()
         .await;
     if let Err(e) = sent {
-        return match aws::code(&e) {
+        let code = aws::code(&e).map(String::from);
+        let failed = ec2_error("AttachVolume", id, &e);
+        match code.as_deref() {
             Some(code @ ("VolumeInUse" | "IncorrectState")) => {
-                Err(AttachError::Taken(code.to_string()))
+                // A retried call whose first answer was lost finds the
+                // volume attached here: that is a win, not a loss.
+                let here = describe(ctx.ec2, id).await.is_ok_and(|v| {
+                    v.attachments()
+                        .iter()
+                        .any(|a| a.instance_id() == Some(&ctx.facts.instance_id))
+                });
+                if !here {
+                    return Err(AttachError::Taken(code.to_string()));
+                }
+                tracing::info!("[{}] {id} turned out attached here after all", ctx.domain);
             }
-            _ => Err(AttachError::Failed(ec2_error("AttachVolume", id, &e))),
-        };
+            _ => return Err(AttachError::Failed(failed)),
+        }
     }
-    wait_attached(ctx, id).await.map_err(AttachError::Failed)
+    let settled = async {
+        if !marks.is_empty() {
+            tags::set(ctx.ec2, id, marks).await?;
+        }
+        wait_attached(ctx, id).await
+    };
+    if let Err(e) = settled.await {
+        // Not ours after all: give it back rather than hold it unmarked.
+        if let Err(undo) = detach_and_wait(ctx, id, false).await {
+            tracing::error!(
+                "[{}] {id} could not be released after a failed attach: {undo:#}",
+                ctx.domain
+            );
+        } else if let Err(untag) = tags::remove(ctx.ec2, id, &[tags::TRANSACTION]).await {
+            tracing::error!("[{}] {id}: {untag:#}", ctx.domain);
+        }
+        return Err(AttachError::Failed(e));
+    }
+    Ok(())
 }
 
-/// Domain success: the claims are final, their transaction marks go.
+/// The marks a claim by this run carries until commit.
+pub(crate) fn claim_marks(ctx: &Ctx<'_>, pool: bool) -> Vec<Tag> {
+    let mut marks = vec![tags::tag(tags::TRANSACTION, ctx.transaction_id)];
+    if pool {
+        marks.push(tags::tag(tags::LAST_USED, &unix_now().to_string()));
+    }
+    marks
+}
+
+/// Domain success: the claims are final, their marks go. Tried three
+/// times: a volume left marked `in-transit` would be deleted by the next
+/// run's clean-up, so a commit that cannot be made fails the domain.
 pub async fn commit(ctx: &Ctx<'_>, volumes: &[AttachedVolume]) -> Result<()> {
-    for v in volumes.iter().filter(|v| v.attached_now) {
-        let keys: &[&str] = if v.created {
-            &[tags::TRANSACTION, tags::IN_TRANSIT]
-        } else {
-            &[tags::TRANSACTION]
-        };
-        tags::remove(ctx.ec2, &v.volume_id, keys).await?;
+    for v in volumes.iter().filter(|v| v.attached_now || v.marked) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match tags::remove(
+                ctx.ec2,
+                &v.volume_id,
+                &[tags::TRANSACTION, tags::IN_TRANSIT],
+            )
+            .await
+            {
+                Ok(()) => break,
+                Err(e) if attempt >= 3 => {
+                    return Err(e.context(format!("committing the claim of {}", v.volume_id)))
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "[{}] committing {}: {e:#}; trying again",
+                        ctx.domain,
+                        v.volume_id
+                    );
+                    tokio::time::sleep(Duration::from_secs(attempt)).await;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -366,7 +460,9 @@ async fn detach_and_wait(ctx: &Ctx<'_>, id: &str, force: bool) -> Result<()> {
             .attachments()
             .iter()
             .any(|a| a.instance_id() == Some(&ctx.facts.instance_id));
-        if !still_here && volume.state() == Some(&VolumeState::Available) {
+        // Done once it is off this instance: a waiting successor may have
+        // attached it already.
+        if !still_here {
             tracing::info!("[{}] {id} is detached", ctx.domain);
             return Ok(());
         }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use aws_sdk_ec2::types::{Filter, Volume, VolumeState};
 use tokio::time::Instant;
 
-use super::{attach_call, tags, AttachError, Claim, Ctx};
+use super::{attach_call, claim_marks, tags, AttachError, Claim, Ctx};
 use crate::config::{PoolPref, VolumeSpec};
 
 /// A free pool volume, as ordering sees it.
@@ -137,13 +137,14 @@ pub async fn claim(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Option<Claim>> {
         let order = order_candidates(free, spec.pool_pref, launch_index, &ctx.facts.instance_id);
         let tried = order.len();
         for volume_id in order {
-            match attach_call(ctx, &volume_id, &spec.device).await {
+            match attach_call(ctx, &volume_id, &spec.device, claim_marks(ctx, true)).await {
                 Ok(()) => {
                     tracing::info!("[{}] claimed {volume_id} from pool {pool:?}", ctx.domain);
                     return Ok(Some(Claim {
                         volume_id,
                         attached_now: true,
                         created: false,
+                        marked: true,
                     }));
                 }
                 Err(AttachError::Taken(code)) => {

@@ -87,7 +87,7 @@ async fn a_notice_during_init_cancels_it() {
     let hook = recorder(dir.path(), &log).display().to_string();
     let mark = dir.path().join("starting.mark");
     let exec = format!(
-        r#"[{{ "on": ["starting"], "lines": [{{ "argv": ["/bin/sh", "-c", "touch '{mark}'; exec sleep 60"] }}] }},
+        r#"[{{ "on": ["starting"], "lines": [{{ "argv": ["/bin/sh", "-c", "touch '{mark}'; sleep 60.25; true"] }}] }},
             {{ "on": ["interrupted"], "lines": [{{ "argv": ["{hook}", "{{daemon_state}}", "{{interrupt_action}}"] }}] }}]"#,
         mark = mark.display()
     );
@@ -112,6 +112,21 @@ async fn a_notice_during_init_cancels_it() {
         .collect();
     assert_eq!(calls, [["interrupted", "stop"]]);
     assert!(!d.notify.messages().iter().any(|m| m == "READY=1"));
+    assert_eq!(
+        processes_with("60.25"),
+        0,
+        "the cancelled hook's child outlived the daemon"
+    );
+}
+
+/// Processes whose command line has `arg` as an argument.
+fn processes_with(arg: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmd| cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        .count()
 }
 
 #[tokio::test]
@@ -213,7 +228,7 @@ async fn a_second_signal_hurries_the_hooks() {
     let dir = tempdir();
     let mark = dir.path().join("stopping.mark");
     let exec = format!(
-        r#"[{{ "on": ["stopping"], "lines": [{{ "argv": ["/bin/sh", "-c", "touch '{mark}'; exec sleep 60"] }}] }}]"#,
+        r#"[{{ "on": ["stopping"], "lines": [{{ "argv": ["/bin/sh", "-c", "touch '{mark}'; sleep 60.5; true"] }}] }}]"#,
         mark = mark.display()
     );
     let (instance, config) = hooks_only(&tb, dir.path(), &exec).await;
@@ -234,6 +249,11 @@ async fn a_second_signal_hurries_the_hooks() {
         "the hook was not hurried"
     );
     assert!(d.log().contains("asked to hurry"), "{}", d.log());
+    assert_eq!(
+        processes_with("60.5"),
+        0,
+        "the hurried hook's child outlived it"
+    );
 }
 
 #[tokio::test]
