@@ -21,6 +21,8 @@ use crate::config::{Event, ExecBlock, ExecLine, MacroValues};
 pub const GRACE: Duration = Duration::from_secs(5);
 /// A line started after the event's deadline still gets this long.
 pub const MIN_SLICE: Duration = Duration::from_secs(2);
+/// Why a line cut at the event's deadline was cut.
+const DEADLINE_REASON: &str = "the event's deadline";
 /// How long output is still forwarded after a hook exits.
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
@@ -68,6 +70,8 @@ pub struct LineReport {
     pub took: Duration,
     /// `None` on success, else why it failed.
     pub failure: Option<String>,
+    /// It was cut because the event's deadline left no more time.
+    pub over_deadline: bool,
 }
 
 /// Runs the lines of `blocks`, in order; the caller picks the blocks bound
@@ -107,10 +111,14 @@ pub async fn run_reported(
                 tracing::error!("[{}] {}: {e}", scope.domain, scope.event);
             }
             let stop = failure.is_some() && policy.on_failure == OnFailure::Stop;
+            let over_deadline = failure
+                .as_deref()
+                .is_some_and(|f| f.ends_with(&format!("({DEADLINE_REASON})")));
             reports.push(LineReport {
                 argv,
                 took: started.elapsed(),
                 failure,
+                over_deadline,
             });
             if stop {
                 return reports;
@@ -129,7 +137,7 @@ fn time_limit(line: &ExecLine, policy: &Policy) -> Option<(Duration, &'static st
             d.saturating_duration_since(Instant::now())
                 .saturating_sub(GRACE)
                 .max(MIN_SLICE),
-            "the event's deadline",
+            DEADLINE_REASON,
         )
     });
     match (own, left) {

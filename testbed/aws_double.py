@@ -53,6 +53,10 @@ DEFAULTS = {
     # Shares (0..1) of calls answered with a 5xx, or dropped unanswered.
     "error_rate": 0.0,
     "drop_rate": 0.0,
+    # Per action, the next N calls: answered 503 ("fail_next"), or carried
+    # out by moto with the answer lost on the way back ("lose_answer_next").
+    "fail_next": {},
+    "lose_answer_next": {},
     # Token buckets: {"rate": per second, "burst": size}; null = no quota.
     "throttle": {"ec2_mutating": None, "ec2_other": None, "route53": None},
 }
@@ -637,6 +641,30 @@ class Double:
             if service == "ec2":
                 return error_response(start_response, service, 503, "RequestLimitExceeded", "Request limit exceeded.")
             return error_response(start_response, service, 400, "Throttling", "Rate exceeded")
+        with LOCK:
+            forced_failure = SETTINGS["fail_next"].get(action, 0) > 0
+            if forced_failure:
+                SETTINGS["fail_next"][action] -= 1
+            lose_answer = SETTINGS["lose_answer_next"].get(action, 0) > 0
+            if lose_answer:
+                SETTINGS["lose_answer_next"][action] -= 1
+        if forced_failure:
+            call["outcome"] = "5xx"
+            code = "InternalError" if service == "ec2" else "ServiceUnavailable"
+            return error_response(start_response, service, 503, code, "Service is unavailable, try again.")
+        if lose_answer:
+            # moto does the work; the client never hears of it.
+            call["outcome"] = "answer lost"
+            for _ in self.app(environ, lambda *a, **k: None):
+                pass
+            sock = environ.get("werkzeug.socket")
+            if sock is not None:
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+            start_response("500 Dropped", [("Content-Length", "0")])
+            return []
         if error_rate and random.random() < error_rate:
             call["outcome"] = "5xx"
             code = "InternalError" if service == "ec2" else "ServiceUnavailable"

@@ -121,7 +121,7 @@ async fn run(config: &Config, deadline: Duration, reserve: Duration) -> Result<b
             );
         }
     }
-    let fits = slowest <= budget;
+    let fits = slowest <= budget && !results.iter().flat_map(|(_, r)| r).any(|r| r.over_deadline);
     println!();
     if fits && ok {
         println!(
@@ -132,9 +132,9 @@ async fn run(config: &Config, deadline: Duration, reserve: Duration) -> Result<b
         );
     } else if !fits {
         println!(
-            "does NOT fit: the slowest domain needs {:.1}s, {}s are available",
-            slowest.as_secs_f64(),
-            budget.as_secs()
+            "does NOT fit: hooks were cut at the deadline or need more than the {}s available (the slowest domain took {:.1}s)",
+            budget.as_secs(),
+            slowest.as_secs_f64()
         );
     } else {
         println!("fits in time, but hooks failed: see above");

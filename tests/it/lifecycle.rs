@@ -209,8 +209,8 @@ async fn a_hook_that_hangs_is_cut_at_the_budget_and_the_rest_run() {
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
     let took = raised.elapsed();
     assert!(
-        took < Duration::from_secs(20),
-        "the hanging hook was not cut: {took:?}"
+        took < Duration::from_secs(14),
+        "the hooks ran past the notice's deadline: {took:?}"
     );
     let log_text = d.log();
     assert!(log_text.contains("cutting /bin/sleep after"), "{log_text}");
@@ -381,8 +381,5 @@ fn drill_times_the_interrupted_hooks_against_the_budget() {
     let (code, text) = drill(&slow, "4", "1");
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("cut after"), "{text}");
-    assert!(
-        text.contains("does NOT fit") || text.contains("hooks failed"),
-        "{text}"
-    );
+    assert!(text.contains("does NOT fit"), "{text}");
 }

@@ -471,3 +471,82 @@ async fn init_timeout_rolls_back_the_domain() {
         d.log()
     );
 }
+
+/// AttachVolume succeeds but its answer is lost; the SDK's retry is told
+/// `VolumeInUse`. The daemon must see the volume is attached here, not go
+/// looking for another.
+#[tokio::test]
+async fn a_lost_attach_answer_is_still_a_win() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let volume = tb.create_pool_volume("a", "mc", "worlds").await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "mc.jsonc",
+        r#"{ "domains": { "mc": { "attach-volume": [{ "device": "/dev/xvdf", "source": "pc", "pool-name": "worlds",
+            "create": { "Size": 4 } }] } } }"#,
+    );
+    double
+        .configure(json!({"lose_answer_next": {"AttachVolume": 1}}))
+        .await
+        .unwrap();
+    double.clear_calls().await.unwrap();
+    let mut d = spawn_run(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    let calls = double.calls().await.unwrap();
+    assert!(
+        calls.iter().any(|c| c.outcome == "answer lost"),
+        "the fault was not injected"
+    );
+    assert!(
+        !calls.iter().any(|c| c.action == "CreateVolume"),
+        "a second volume was created"
+    );
+    let volumes = tb.pool_volumes("mc", "worlds").await.unwrap();
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0].volume_id, volume);
+    assert_eq!(
+        volumes[0].attached_to,
+        vec![instance.meta.instance_id.to_string()]
+    );
+    assert_committed(&volumes);
+    d.signal(Signal::SIGTERM).unwrap();
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
+}
+
+/// The pool cannot be read (AWS keeps failing): the daemon must not fall
+/// through to creating an empty volume while the data volume sits in the pool.
+#[tokio::test]
+async fn an_aws_error_in_the_pool_does_not_create_an_empty_volume() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    tb.create_pool_volume("a", "mc", "worlds").await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "mc.jsonc",
+        r#"{ "domains": { "mc": { "attach-volume": [{ "device": "/dev/xvdf", "source": "pc", "pool-name": "worlds",
+            "create": { "Size": 4 } }] } } }"#,
+    );
+    // More failures than the SDK's retries.
+    double
+        .configure(json!({"fail_next": {"AttachVolume": 20}}))
+        .await
+        .unwrap();
+    double.clear_calls().await.unwrap();
+    let mut d = spawn_run(&tb, &instance, &config);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
+    assert!(
+        d.log().contains("later sources are not tried"),
+        "{}",
+        d.log()
+    );
+    let calls = double.calls().await.unwrap();
+    assert!(
+        !calls.iter().any(|c| c.action == "CreateVolume"),
+        "an empty volume was created"
+    );
+}
