@@ -152,32 +152,25 @@ def _finish_detach(volume, att):
         volume.__dict__["_attachment"] = None
 
 
-def _attachment_status_get(self):
-    status = self.__dict__.get("_status")
-    if status == "attaching" and now() >= self.__dict__.get("_ready_at", 0):
-        status = self.__dict__["_status"] = "attached"
-    return status
+def _timed_status(waiting, done):
+    """A status attribute that reads `waiting` until `_ready_at`, then `done`."""
 
+    def get(self):
+        status = self.__dict__.get("_status")
+        if status == waiting and now() >= self.__dict__.get("_ready_at", 0):
+            status = self.__dict__["_status"] = done
+        return status
 
-def _attachment_status_set(self, value):
-    self.__dict__["_status"] = value
+    def set_(self, value):
+        self.__dict__["_status"] = value
 
-
-def _snapshot_status_get(self):
-    status = self.__dict__.get("_status")
-    if status == "pending" and now() >= self.__dict__.get("_ready_at", 0):
-        status = self.__dict__["_status"] = "completed"
-    return status
-
-
-def _snapshot_status_set(self, value):
-    self.__dict__["_status"] = value
+    return property(get, set_)
 
 
 ebs.Volume.status = property(_volume_status)
 ebs.Volume.attachment = property(_volume_attachment_get, _volume_attachment_set)
-ebs.VolumeAttachment.status = property(_attachment_status_get, _attachment_status_set)
-ebs.Snapshot.status = property(_snapshot_status_get, _snapshot_status_set)
+ebs.VolumeAttachment.status = _timed_status("attaching", "attached")
+ebs.Snapshot.status = _timed_status("pending", "completed")
 
 
 def create_volume(self, size, zone_name, snapshot_id=None, *args, **kwargs):

@@ -150,15 +150,7 @@ impl Daemon {
         let mut watcher = Watcher::new(self.imds.clone(), self.options.poll_interval);
 
         let bring_up = async {
-            let s = &self.shared;
-            match volumes::clean_up_leftovers(
-                &s.clients.ec2,
-                &s.facts,
-                &s.device_root,
-                &s.transaction_id,
-            )
-            .await
-            {
+            match self.sweep(false).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("cleaned up {n} volume(s) left by an interrupted run"),
                 // Bring-up still tries: what it needs may be unaffected.
@@ -391,19 +383,25 @@ impl Daemon {
     /// After an init cut short by its timeout: undo what the domains still
     /// held uncommitted (their volumes carry this run's transaction mark).
     async fn roll_back_init(&self) {
-        let s = &self.shared;
-        match volumes::roll_back_transaction(
-            &s.clients.ec2,
-            &s.facts,
-            &s.device_root,
-            &s.transaction_id,
-        )
-        .await
-        {
+        match self.sweep(true).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!("init timed out: rolled back {n} volume(s)"),
             Err(e) => tracing::error!("init timed out; rolling back: {e:#}"),
         }
+    }
+
+    /// Undoes uncommitted volume work: this run's (`current`), or what
+    /// earlier runs of this daemon left.
+    async fn sweep(&self, current: bool) -> Result<usize> {
+        let s = &self.shared;
+        volumes::sweep(
+            &s.clients.ec2,
+            &s.facts,
+            &s.device_root,
+            &s.transaction_id,
+            current,
+        )
+        .await
     }
 
     /// `started` hooks of every domain in parallel, then notifications.

@@ -9,31 +9,14 @@ use aws_sdk_ec2::types::Filter;
 use super::{detach_and_wait, tags, Ctx};
 use crate::imds::InstanceFacts;
 
-/// Deletes volumes an earlier run created and never committed (detaching
-/// them first if they are attached here), and drops stale transaction marks
-/// from the volumes it claimed; a claimed volume still attached here is
-/// adopted by this run's sources. Returns how many volumes were touched.
-pub async fn clean_up_leftovers(
-    ec2: &aws_sdk_ec2::Client,
-    facts: &InstanceFacts,
-    device_root: &std::path::Path,
-    transaction_id: &str,
-) -> Result<usize> {
-    clean_up(ec2, facts, device_root, transaction_id, false).await
-}
-
-/// Undoes what this run's own transaction still holds uncommitted (an init
-/// cut short by its timeout): detaches it, deletes what it created.
-pub async fn roll_back_transaction(
-    ec2: &aws_sdk_ec2::Client,
-    facts: &InstanceFacts,
-    device_root: &std::path::Path,
-    transaction_id: &str,
-) -> Result<usize> {
-    clean_up(ec2, facts, device_root, transaction_id, true).await
-}
-
-async fn clean_up(
+/// Undoes volume work that was never committed. With `current` false:
+/// what earlier runs of this daemon on this instance left (volumes they
+/// created are detached if attached here and deleted; stale marks are
+/// dropped, and a claimed volume still attached here is adopted by this
+/// run's sources). With `current` true: what this run holds uncommitted (an
+/// init cut short by its timeout), detached, and deleted if it created it.
+/// Returns how many volumes were touched.
+pub async fn sweep(
     ec2: &aws_sdk_ec2::Client,
     facts: &InstanceFacts,
     device_root: &std::path::Path,

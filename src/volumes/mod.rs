@@ -13,7 +13,7 @@ mod device;
 mod pool;
 mod tags;
 
-pub use cleanup::{clean_up_leftovers, roll_back_transaction};
+pub use cleanup::sweep;
 pub use pool::{order_candidates, Candidate};
 
 use std::path::{Path, PathBuf};

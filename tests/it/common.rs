@@ -66,7 +66,18 @@ pub fn tempdir() -> tempfile::TempDir {
 
 /// `ec2fleetd run --config CONFIG --keep-hostname` on `instance`.
 pub fn spawn_run(tb: &Testbed, instance: &SimInstance, config: &Path) -> DaemonProcess {
+    spawn_run_with(tb, instance, config, &[])
+}
+
+/// As [`spawn_run`], with more arguments.
+pub fn spawn_run_with(
+    tb: &Testbed,
+    instance: &SimInstance,
+    config: &Path,
+    extra: &[&str],
+) -> DaemonProcess {
     let config = config.display().to_string();
-    let args = ["run", "--config", config.as_str(), "--keep-hostname"];
+    let mut args = vec!["run", "--config", config.as_str(), "--keep-hostname"];
+    args.extend_from_slice(extra);
     DaemonProcess::spawn(&daemon_bin(), &args, &tb.daemon_env(instance), false).unwrap()
 }

@@ -35,20 +35,7 @@ async fn news_runs_hooks_once_and_the_watch_goes_on() {
         r#"[{{ "on": ["rebalance", "maintenance", "stopping"], "lines": [{{ "argv": ["{hook}", "{{daemon_state}}"] }}] }}]"#
     );
     let (instance, config) = hooks_only(&tb, dir.path(), &exec).await;
-    let mut d = DaemonProcess::spawn(
-        &daemon_bin(),
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--keep-hostname",
-            "--poll-interval",
-            "0.1",
-        ],
-        &tb.daemon_env(&instance),
-        false,
-    )
-    .unwrap();
+    let mut d = spawn_run_with(&tb, &instance, &config, &["--poll-interval", "0.1"]);
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     instance.imds.raise_rebalance();
     instance.imds.set_maintenance(
@@ -141,20 +128,7 @@ async fn the_notice_is_seen_through_token_expiry_and_5xx_bursts() {
     let (instance, config) = hooks_only(&tb, dir.path(), &exec).await;
     // Tokens live one second: the watch must renew them as it goes.
     instance.imds.cap_token_ttl(1);
-    let mut d = DaemonProcess::spawn(
-        &daemon_bin(),
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--keep-hostname",
-            "--poll-interval",
-            "0.2",
-        ],
-        &tb.daemon_env(&instance),
-        false,
-    )
-    .unwrap();
+    let mut d = spawn_run_with(&tb, &instance, &config, &["--poll-interval", "0.2"]);
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     instance.imds.revoke_tokens();
     // Two polls' worth of failures: an outage the daemon reports.
@@ -188,20 +162,7 @@ async fn a_hook_that_hangs_is_cut_at_the_budget_and_the_rest_run() {
             {{ "argv": ["{hook}", "{{daemon_state}}"] }} ] }}]"#
     );
     let (instance, config) = hooks_only(&tb, dir.path(), &exec).await;
-    let mut d = DaemonProcess::spawn(
-        &daemon_bin(),
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--keep-hostname",
-            "--shutdown-reserve",
-            "10",
-        ],
-        &tb.daemon_env(&instance),
-        false,
-    )
-    .unwrap();
+    let mut d = spawn_run_with(&tb, &instance, &config, &["--shutdown-reserve", "10"]);
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     // 14 s of warning less 10 s of reserve: the hooks have about 4 s.
     let raised = Instant::now();
