@@ -102,6 +102,9 @@ pub struct RecordSpec {
     pub hosted_zone: String,
     pub name: Template,
     pub ttl: i64,
+    /// `delete-on`: events after which this instance's records are deleted,
+    /// if they still hold its values.
+    pub delete_on: Vec<Event>,
 }
 
 /// The events hooks and notifications are bound to.

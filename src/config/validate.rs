@@ -39,7 +39,7 @@ pub const POOL_PREFS: &[&str] = &[
     "least-recently-used",
     "most-recently-used",
 ];
-pub const RECORD_KEYS: &[&str] = &["critical", "hostedzone", "name", "ttl"];
+pub const RECORD_KEYS: &[&str] = &["critical", "hostedzone", "name", "ttl", "delete-on"];
 pub const EXEC_KEYS: &[&str] = &["on", "ec", "lines"];
 pub const LINE_KEYS: &[&str] = &["argv", "ec", "timeout", "user", "group", "env", "cwd"];
 pub const NOTIFY_KEYS: &[&str] = &["backend", "options", "envelope", "matrix"];
@@ -589,11 +589,19 @@ impl Validator {
         let ttl = obj.get("ttl").map_or(Some(60), |n| {
             self.integer(n, &key_path(path, "ttl"), 0, 2_147_483_647)
         });
+        let delete_on = obj
+            .get("delete-on")
+            .map(|n| {
+                self.events(n, &key_path(path, "delete-on"))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
         Some(RecordSpec {
             critical,
             hosted_zone: hosted_zone?,
             name: name?,
             ttl: ttl?,
+            delete_on,
         })
     }
 

@@ -57,6 +57,8 @@ pub struct DomainRun {
     pub volumes: Vec<AttachedVolume>,
     /// The `failed` hooks already ran (before a rollback).
     pub failed_hooks_ran: bool,
+    /// Records set, by index in the domain's `update-route53`.
+    pub records: Vec<(usize, dns::Placed)>,
 }
 
 impl DomainRun {
@@ -68,6 +70,7 @@ impl DomainRun {
             values,
             volumes: Vec::new(),
             failed_hooks_ran: false,
+            records: Vec::new(),
         }
     }
 
@@ -96,6 +99,11 @@ impl DomainRun {
                     .run_hooks(Event::Failed, &Policy::new(OnFailure::Continue))
                     .await;
                 self.failed_hooks_ran = true;
+            }
+            for (_, placed) in self.records.iter().rev() {
+                if let Err(e) = dns::restore(&shared.clients.route53, placed).await {
+                    tracing::error!("[{}] restoring {}: {e:#}", self.domain.name, placed.name);
+                }
             }
             volumes::rollback(&ctx, &self.volumes).await;
             for v in &mut self.volumes {
@@ -177,7 +185,7 @@ impl DomainRun {
             }
         }
 
-        for record in &self.domain.records {
+        for (i, record) in self.domain.records.iter().enumerate() {
             let record_name = record.name.render(&self.values);
             let target = RecordTarget {
                 hosted_zone: &record.hosted_zone,
@@ -186,14 +194,26 @@ impl DomainRun {
                 ipv4: shared.facts.primary_ipv4(),
                 ipv6: shared.facts.primary_ipv6(),
             };
-            if let Err(e) = dns::upsert(&shared.clients.route53, &target).await {
-                if record.critical {
-                    return Err(e);
-                }
-                tracing::warn!("[{name}] non-critical record skipped: {e:#}");
+            match dns::upsert(&shared.clients.route53, &target).await {
+                Ok(placed) => self.records.push((i, placed)),
+                Err(e) if record.critical => return Err(e),
+                Err(e) => tracing::warn!("[{name}] non-critical record skipped: {e:#}"),
             }
         }
         Ok(())
+    }
+
+    /// `delete-on`: after `event`, delete the records that ask for it, each
+    /// only while it still points here.
+    pub async fn delete_records_for(&self, shared: &Shared, event: Event) {
+        for (i, placed) in &self.records {
+            if !self.domain.records[*i].delete_on.contains(&event) {
+                continue;
+            }
+            if let Err(e) = dns::delete_if_ours(&shared.clients.route53, placed).await {
+                tracing::error!("[{}] deleting {}: {e:#}", self.domain.name, placed.name);
+            }
+        }
     }
 
     /// Runs the hooks bound to `event` (see [`blocks_for`]); the policy

@@ -476,6 +476,7 @@ impl Daemon {
             }
             let result = r.run_hooks(event, policy).await;
             r.release_for(shared, event, result.is_ok()).await;
+            r.delete_records_for(shared, event).await;
             result
         }))
         .await;

@@ -3,6 +3,7 @@
 
 mod check;
 mod common;
+mod dns;
 mod double;
 mod fleet;
 mod imds;
