@@ -7,7 +7,8 @@ record of every call. It also plays the kernel: when a volume becomes
 attached to an instance whose device root is registered, a Nitro-style NVMe
 device appears there, backed by a file that belongs to the volume.
 
-Run: python aws_double.py --port 5000 [--host 127.0.0.1] [--data-dir DIR]
+Run: python aws_double.py [--port 5000] [--host 127.0.0.1] [--data-dir DIR]
+(port 0, the default, picks a free one; the first line on stdout names it)
 Control interface: /_double/* (see doc/testbed.md).
 """
 
@@ -19,12 +20,13 @@ import json
 import os
 import random
 import tempfile
+import sys
 import threading
 import time
 import uuid
 from urllib.parse import parse_qs
 
-from werkzeug.serving import run_simple
+from werkzeug.serving import make_server
 
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import elastic_block_store as ebs
@@ -669,15 +671,20 @@ def main():
     global DATA_DIR
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--data-dir", help="where volume contents live (default: a new temporary folder)")
     args = parser.parse_args()
     DATA_DIR = args.data_dir or tempfile.mkdtemp(prefix="aws-double-")
     os.makedirs(DATA_DIR, exist_ok=True)
     threading.Thread(target=reconcile_devices, daemon=True).start()
     app = Double(DomainDispatcherApplication(create_backend_app))
-    print(f"aws_double: moto with real rules on http://{args.host}:{args.port}, volumes in {DATA_DIR}", flush=True)
-    run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
+    # Port 0 lets the kernel pick a free port; the first line on stdout says
+    # which, so that parallel tests never race for one.
+    server = make_server(args.host, args.port, app, threaded=True)
+    port = server.socket.getsockname()[1]
+    print(f"listening on {args.host}:{port}", flush=True)
+    print(f"aws_double: moto with real rules on http://{args.host}:{port}, volumes in {DATA_DIR}", file=sys.stderr, flush=True)
+    server.serve_forever()
 
 
 if __name__ == "__main__":
