@@ -549,6 +549,24 @@ def error_response(start_response, service, status, code, message):
     return [body.encode()]
 
 
+def drop_connection(environ, start_response):
+    """Closes the connection without an answer."""
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(2)
+        except OSError:
+            pass
+    start_response("500 Dropped", [("Content-Length", "0")])
+    return []
+
+
+def unavailable(start_response, service):
+    """A 5xx answer in the service's own error format."""
+    code = "InternalError" if service == "ec2" else "ServiceUnavailable"
+    return error_response(start_response, service, 503, code, "Service is unavailable, try again.")
+
+
 def json_response(start_response, value, status="200 OK"):
     start_response(status, [("Content-Type", "application/json")])
     return [json.dumps(value, default=str).encode()]
@@ -623,14 +641,7 @@ class Double:
             time.sleep(latency)
         if drop_rate and random.random() < drop_rate:
             call["outcome"] = "dropped"
-            sock = environ.get("werkzeug.socket")
-            if sock is not None:
-                try:
-                    sock.shutdown(2)
-                except OSError:
-                    pass
-            start_response("500 Dropped", [("Content-Length", "0")])
-            return []
+            return drop_connection(environ, start_response)
         if throttled:
             call["outcome"] = "throttled"
             if service == "ec2":
@@ -645,25 +656,16 @@ class Double:
                 SETTINGS["lose_answer_next"][action] -= 1
         if forced_failure:
             call["outcome"] = "5xx"
-            code = "InternalError" if service == "ec2" else "ServiceUnavailable"
-            return error_response(start_response, service, 503, code, "Service is unavailable, try again.")
+            return unavailable(start_response, service)
         if lose_answer:
             # moto does the work; the client never hears of it.
             call["outcome"] = "answer lost"
             for _ in self.app(environ, lambda *a, **k: None):
                 pass
-            sock = environ.get("werkzeug.socket")
-            if sock is not None:
-                try:
-                    sock.shutdown(2)
-                except OSError:
-                    pass
-            start_response("500 Dropped", [("Content-Length", "0")])
-            return []
+            return drop_connection(environ, start_response)
         if error_rate and random.random() < error_rate:
             call["outcome"] = "5xx"
-            code = "InternalError" if service == "ec2" else "ServiceUnavailable"
-            return error_response(start_response, service, 503, code, "Service is unavailable, try again.")
+            return unavailable(start_response, service)
         return self.app(environ, start_response)
 
 

@@ -81,3 +81,25 @@ pub fn spawn_run_with(
     args.extend_from_slice(extra);
     DaemonProcess::spawn(&daemon_bin(), &args, &tb.daemon_env(instance), false).unwrap()
 }
+
+/// Waits (up to a minute) until a hook has created `path`.
+pub async fn wait_for_file(path: &Path) {
+    for _ in 0..1200 {
+        if path.exists() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{} never appeared", path.display());
+}
+
+/// SIGTERM, then the daemon must exit 0.
+pub async fn stop_cleanly(daemon: &mut DaemonProcess) {
+    daemon.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(
+        daemon.wait_exit(EXIT_TIMEOUT).await.unwrap(),
+        0,
+        "{}",
+        daemon.log()
+    );
+}

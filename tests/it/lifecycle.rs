@@ -80,12 +80,7 @@ async fn a_notice_during_init_cancels_it() {
     );
     let (instance, config) = hooks_only(&tb, dir.path(), &exec).await;
     let mut d = spawn_run(&tb, &instance, &config);
-    for _ in 0..600 {
-        if mark.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_file(&mark).await;
     let raised = Instant::now();
     instance.imds.raise_spot_interruption("stop", 120);
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
@@ -196,12 +191,7 @@ async fn a_second_signal_hurries_the_hooks() {
     let mut d = spawn_run(&tb, &instance, &config);
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     d.signal(Signal::SIGTERM).unwrap();
-    for _ in 0..600 {
-        if mark.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_file(&mark).await;
     let second = Instant::now();
     d.signal(Signal::SIGTERM).unwrap();
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
@@ -248,8 +238,7 @@ async fn hooks_run_as_the_user_group_env_and_cwd_given() {
         format!("hello from {}", instance.meta.instance_id)
     );
     assert_eq!(Path::new(lines[4]), nobody.dir);
-    d.signal(Signal::SIGTERM).unwrap();
-    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
+    stop_cleanly(&mut d).await;
 }
 
 #[tokio::test]
@@ -272,8 +261,7 @@ async fn the_watchdog_is_fed_and_status_follows_the_states() {
         .wait_for("WATCHDOG=1", Duration::from_secs(10))
         .await
         .unwrap();
-    d.signal(Signal::SIGTERM).unwrap();
-    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
+    stop_cleanly(&mut d).await;
     let status: Vec<String> = d
         .notify
         .messages()

@@ -302,8 +302,7 @@ async fn data_follows_the_volume_to_a_waiting_successor() {
         .filter(|c| c.action == "DetachVolume" && c.params["Force"] == "true")
         .count();
     assert_eq!(forced, 0, "a volume was force-detached");
-    second.signal(Signal::SIGTERM).unwrap();
-    assert_eq!(second.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
+    stop_cleanly(&mut second).await;
 }
 
 /// If the interrupted hooks fail (the volume may still be mounted), the
@@ -388,8 +387,7 @@ async fn critical_failure_rolls_back_and_non_critical_is_tolerated() {
         vec![instance.meta.instance_id.to_string()]
     );
     assert_committed(&data);
-    d.signal(Signal::SIGTERM).unwrap();
-    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
+    stop_cleanly(&mut d).await;
 }
 
 /// A restarted daemon finds the pool volume it holds and changes nothing.
@@ -512,8 +510,7 @@ async fn a_lost_attach_answer_is_still_a_win() {
         vec![instance.meta.instance_id.to_string()]
     );
     assert_committed(&volumes);
-    d.signal(Signal::SIGTERM).unwrap();
-    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0);
+    stop_cleanly(&mut d).await;
 }
 
 /// The pool cannot be read (AWS keeps failing): the daemon must not fall

@@ -2,7 +2,6 @@
 //! emulator.
 
 use std::path::Path;
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -463,8 +462,7 @@ async fn init_timeout_takes_the_failed_path() {
     let instance = tb.launch_instance("a", None).await.unwrap();
     let dir = tempdir();
     let (config, log, _) = hanging_start(dir.path(), Some(1));
-    let config = config.display().to_string();
-    let mut daemon = spawn_run(&tb, &instance, Path::new(&config));
+    let mut daemon = spawn_run(&tb, &instance, &config);
     assert_eq!(
         daemon.wait_exit(EXIT_TIMEOUT).await.unwrap(),
         1,
@@ -483,19 +481,8 @@ async fn sigterm_during_init_takes_the_stopping_path() {
     let instance = tb.launch_instance("a", None).await.unwrap();
     let dir = tempdir();
     let (config, log, mark) = hanging_start(dir.path(), None);
-    let config = config.display().to_string();
-    let mut daemon = spawn_run(&tb, &instance, Path::new(&config));
-    for _ in 0..1200 {
-        if mark.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        mark.exists(),
-        "the starting hook never ran: {}",
-        daemon.log()
-    );
+    let mut daemon = spawn_run(&tb, &instance, &config);
+    wait_for_file(&mark).await;
     daemon.signal(Signal::SIGTERM).unwrap();
     assert_eq!(
         daemon.wait_exit(EXIT_TIMEOUT).await.unwrap(),
