@@ -2,9 +2,9 @@
 //!
 //! The modules follow the data: [`config`] and [`imds`] bring the config and
 //! the instance's facts in; [`volumes`] (EC2), [`dns`] (Route53),
-//! [`hooks`] (processes) and [`notify`] (SNS, SQS) each do one job;
+//! [`hooks`] (processes) and [`notify`] (SNS, SQS, webhooks) each do one job;
 //! [`lifecycle`] owns the order; [`systemd`] reports it. [`aws`] is the one
-//! place SDK clients are made.
+//! place SDK clients are made; [`retry`] paces the calls worth repeating.
 
 pub mod aws;
 pub mod config;
@@ -13,5 +13,6 @@ pub mod hooks;
 pub mod imds;
 pub mod lifecycle;
 pub mod notify;
+pub mod retry;
 pub mod systemd;
 pub mod volumes;

@@ -55,10 +55,15 @@ DEFAULTS = {
     # Shares (0..1) of calls answered with a 5xx, or dropped unanswered.
     "error_rate": 0.0,
     "drop_rate": 0.0,
-    # Per action, the next N calls: answered 503 ("fail_next"), or carried
-    # out by moto with the answer lost on the way back ("lose_answer_next").
+    # Per action, the next N calls: answered 503 ("fail_next"; or give
+    # {"count": N, "status": 400, "code": "PriorRequestNotComplete"}), or
+    # carried out by moto with the answer lost on the way back ("lose_answer_next").
     "fail_next": {},
     "lose_answer_next": {},
+    # Seconds a hosted zone stays busy after a change: another change to it
+    # meanwhile is refused with PriorRequestNotComplete, as Route53 does
+    # when it cannot process a change before the next one arrives.
+    "route53_zone_busy": 0.0,
     # Token buckets: {"rate": per second, "burst": size}; null = no quota.
     "throttle": {"ec2_mutating": None, "ec2_other": None, "route53": None},
 }
@@ -77,6 +82,7 @@ DATA_DIR = None
 # (instance ID, volume ID) -> {"ready_at": monotonic time, "name": str or None}
 DEVICES = {}
 CHANGES = {}  # Route53 change ID -> monotonic time it is INSYNC
+ZONE_BUSY = {}  # hosted zone ID -> monotonic time it takes changes again
 
 
 def now():
@@ -648,15 +654,38 @@ class Double:
                 return error_response(start_response, service, 503, "RequestLimitExceeded", "Request limit exceeded.")
             return error_response(start_response, service, 400, "Throttling", "Rate exceeded")
         with LOCK:
-            forced_failure = SETTINGS["fail_next"].get(action, 0) > 0
-            if forced_failure:
-                SETTINGS["fail_next"][action] -= 1
+            forced = SETTINGS["fail_next"].get(action, 0)
+            if isinstance(forced, dict):
+                forced_failure = forced.get("count", 0) > 0
+                if forced_failure:
+                    forced["count"] -= 1
+                    forced_error = (forced.get("status", 503), forced.get("code", "ServiceUnavailable"))
+            else:
+                forced_failure = forced > 0
+                forced_error = None
+                if forced_failure:
+                    SETTINGS["fail_next"][action] -= 1
+            zone_busy = False
+            if action == "ChangeResourceRecordSets" and SETTINGS["route53_zone_busy"] > 0:
+                zone = params["path"].strip("/").split("/")[2]
+                zone_busy = ZONE_BUSY.get(zone, 0) > now()
+                if not zone_busy:
+                    ZONE_BUSY[zone] = now() + SETTINGS["route53_zone_busy"]
             lose_answer = SETTINGS["lose_answer_next"].get(action, 0) > 0
             if lose_answer:
                 SETTINGS["lose_answer_next"][action] -= 1
+        if forced_failure and forced_error:
+            call["outcome"] = forced_error[1]
+            return error_response(start_response, service, forced_error[0], forced_error[1], "Forced by the test.")
         if forced_failure:
             call["outcome"] = "5xx"
             return unavailable(start_response, service)
+        if zone_busy:
+            call["outcome"] = "PriorRequestNotComplete"
+            return error_response(
+                start_response, service, 400, "PriorRequestNotComplete",
+                "The request was rejected because Route 53 was still processing a prior request.",
+            )
         if lose_answer:
             # moto does the work; the client never hears of it.
             call["outcome"] = "answer lost"

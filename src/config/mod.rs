@@ -105,6 +105,35 @@ pub struct RecordSpec {
     /// `delete-on`: events after which this instance's records are deleted,
     /// if they still hold its values.
     pub delete_on: Vec<Event>,
+    /// `address`: which of the instance's addresses the records hold.
+    pub address: AddressMode,
+    /// `wait-insync`: READY only once Route53 reports the change `INSYNC`.
+    pub wait_insync: bool,
+}
+
+/// `address` of an `update-route53` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AddressMode {
+    /// The primary interface's primary public IPv4 and its first IPv6.
+    #[default]
+    Public,
+    /// The primary private IPv4 and the first IPv6 (for private hosted zones).
+    Private,
+    /// Every public IPv4 and every IPv6 of the primary interface.
+    AllPublic,
+}
+
+impl AddressMode {
+    pub const NAMES: [&'static str; 3] = ["public", "private", "all-public"];
+
+    pub fn from_name(name: &str) -> Option<AddressMode> {
+        match name {
+            "public" => Some(AddressMode::Public),
+            "private" => Some(AddressMode::Private),
+            "all-public" => Some(AddressMode::AllPublic),
+            _ => None,
+        }
+    }
 }
 
 /// The events hooks and notifications are bound to.
@@ -210,12 +239,20 @@ pub struct NotifySpec {
     /// `options.region`; else the daemon's region.
     pub region: Option<String>,
     pub subject: Option<Template>,
-    pub body: Option<Template>,
+    /// `envelope.body`; without it, the typed JSON event.
+    pub body: Option<Body>,
     /// Events turned off in `matrix`.
     pub disabled: Vec<Event>,
+    /// `options.timeout`: how long one attempt may take.
+    pub timeout: Duration,
+    /// `options.retries`: attempts after the first, for failures that may pass.
+    pub retries: u32,
 }
 
 impl NotifySpec {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_RETRIES: u32 = 3;
+
     pub fn enabled_for(&self, event: Event) -> bool {
         !self.disabled.contains(&event)
     }
@@ -223,8 +260,61 @@ impl NotifySpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Backend {
-    Sns { topic_arn: String },
-    Sqs { queue_url: String },
+    Sns {
+        topic_arn: String,
+    },
+    Sqs {
+        queue_url: String,
+    },
+    /// An HTTP(S) POST to `url`, with extra headers (values take macros).
+    Webhook {
+        url: String,
+        headers: Vec<(String, Template)>,
+    },
+}
+
+impl Backend {
+    /// Where it delivers, for logs.
+    pub fn target(&self) -> &str {
+        match self {
+            Backend::Sns { topic_arn } => topic_arn,
+            Backend::Sqs { queue_url } => queue_url,
+            Backend::Webhook { url, .. } => url,
+        }
+    }
+}
+
+/// `envelope.body`: text with macros, or JSON whose string values are
+/// templates (rendered one by one, so that a value with quotes or newlines
+/// still makes valid JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Text(Template),
+    Json(JsonTemplate),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonTemplate {
+    /// `null`, booleans and numbers, as written.
+    Plain(serde_json::Value),
+    Text(Template),
+    Array(Vec<JsonTemplate>),
+    Object(Vec<(String, JsonTemplate)>),
+}
+
+impl JsonTemplate {
+    pub fn render(&self, values: &MacroValues) -> serde_json::Value {
+        match self {
+            JsonTemplate::Plain(v) => v.clone(),
+            JsonTemplate::Text(t) => serde_json::Value::String(t.render(values)),
+            JsonTemplate::Array(items) => items.iter().map(|i| i.render(values)).collect(),
+            JsonTemplate::Object(members) => members
+                .iter()
+                .map(|(k, v)| (k.clone(), v.render(values)))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        }
+    }
 }
 
 /// One problem found in a config, with where it is.
@@ -339,6 +429,7 @@ pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("notify", NOTIFY_KEYS),
         ("sns-options", SNS_OPTION_KEYS),
         ("sqs-options", SQS_OPTION_KEYS),
+        ("webhook-options", WEBHOOK_OPTION_KEYS),
         ("envelope", ENVELOPE_KEYS),
         ("matrix", EVENT_NAMES),
         ("matrix-entry", MATRIX_ENTRY_KEYS),

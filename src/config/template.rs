@@ -17,6 +17,7 @@ pub const MACROS: &[&str] = &[
     "hypervisor",
     "primary_public_ipv4",
     "primary_public_ipv6",
+    "primary_private_ipv4",
     "public_ipv4_list",
     "public_ipv6_list",
     "attach_source",

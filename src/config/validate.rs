@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::json::{Json, Member, Node};
 use super::{
-    suggest, Backend, Config, Domain, Event, ExecBlock, ExecLine, ExitCodes, NotifySpec, PoolPref,
-    RecordSpec, Template, VolumeSource, VolumeSpec,
+    suggest, AddressMode, Backend, Body, Config, Domain, Event, ExecBlock, ExecLine, ExitCodes,
+    JsonTemplate, NotifySpec, PoolPref, RecordSpec, Template, VolumeSource, VolumeSpec,
 };
 
 /// A problem with a byte offset; [`super::Config::from_text`] turns it into
@@ -39,12 +39,21 @@ pub const POOL_PREFS: &[&str] = &[
     "least-recently-used",
     "most-recently-used",
 ];
-pub const RECORD_KEYS: &[&str] = &["critical", "hostedzone", "name", "ttl", "delete-on"];
+pub const RECORD_KEYS: &[&str] = &[
+    "critical",
+    "hostedzone",
+    "name",
+    "ttl",
+    "delete-on",
+    "address",
+    "wait-insync",
+];
 pub const EXEC_KEYS: &[&str] = &["on", "ec", "lines"];
 pub const LINE_KEYS: &[&str] = &["argv", "ec", "timeout", "user", "group", "env", "cwd"];
 pub const NOTIFY_KEYS: &[&str] = &["backend", "options", "envelope", "matrix"];
-pub const SNS_OPTION_KEYS: &[&str] = &["region", "topic"];
-pub const SQS_OPTION_KEYS: &[&str] = &["region", "queue-url"];
+pub const SNS_OPTION_KEYS: &[&str] = &["region", "topic", "timeout", "retries"];
+pub const SQS_OPTION_KEYS: &[&str] = &["region", "queue-url", "timeout", "retries"];
+pub const WEBHOOK_OPTION_KEYS: &[&str] = &["url", "headers", "timeout", "retries"];
 pub const ENVELOPE_KEYS: &[&str] = &["subject", "body"];
 pub const MATRIX_ENTRY_KEYS: &[&str] = &["enabled"];
 /// CreateVolume's request parameters, as the `create` object spells them.
@@ -61,7 +70,7 @@ pub const CREATE_KEYS: &[&str] = &[
     "TagSpecifications",
     "VolumeInitializationRate",
 ];
-pub const BACKENDS: &[&str] = &["aws-sns", "aws-sqs", "ans-sqs"];
+pub const BACKENDS: &[&str] = &["aws-sns", "aws-sqs", "ans-sqs", "webhook"];
 
 pub(super) fn config(root: &Node) -> Result<Config, Vec<RawProblem>> {
     let mut v = Validator::default();
@@ -270,18 +279,9 @@ impl Validator {
             (None, Some(n)) => self.hostname(n, "$[\"set-hostname\"]"),
             (None, None) => None,
         };
-        let timeout = obj.get("timeout").and_then(|n| {
-            let secs = self.number(n, "$.timeout")?;
-            if !(secs > 0.0 && secs <= 86_400.0) {
-                self.problem(
-                    n.at,
-                    "$.timeout",
-                    "expected seconds, more than 0 and at most 86400",
-                );
-                return None;
-            }
-            Some(Duration::from_secs_f64(secs))
-        });
+        let timeout = obj
+            .get("timeout")
+            .and_then(|n| self.seconds(n, "$.timeout", 86_400.0));
         let mut domains = Vec::new();
         if let Some(n) = self.required(&obj, node, "$", "domains") {
             if let Json::Object(members) = &n.value {
@@ -596,12 +596,33 @@ impl Validator {
                     .unwrap_or_default()
             })
             .unwrap_or_default();
+        let address = obj.get("address").map_or(Some(AddressMode::Public), |n| {
+            let p = key_path(path, "address");
+            let name = self.string(n, &p)?;
+            let mode = AddressMode::from_name(&name);
+            if mode.is_none() {
+                let msg = match suggest(&name, AddressMode::NAMES) {
+                    Some(s) => format!("unknown address {name:?}; did you mean {s:?}?"),
+                    None => format!(
+                        "unknown address {name:?} (one of: {})",
+                        AddressMode::NAMES.join(", ")
+                    ),
+                };
+                self.problem(n.at, &p, msg);
+            }
+            mode
+        });
+        let wait_insync = obj.get("wait-insync").map_or(Some(false), |n| {
+            self.boolean(n, &key_path(path, "wait-insync"))
+        });
         Some(RecordSpec {
             critical,
             hosted_zone: hosted_zone?,
             name: name?,
             ttl: ttl?,
             delete_on,
+            address: address?,
+            wait_insync: wait_insync?,
         })
     }
 
@@ -735,15 +756,9 @@ impl Validator {
             Some(n) => self.ec(n, &key_path(path, "ec")),
             None => block_ec,
         };
-        let timeout = obj.get("timeout").and_then(|n| {
-            let p = key_path(path, "timeout");
-            let secs = self.number(n, &p)?;
-            if !(secs > 0.0 && secs <= 86_400.0) {
-                self.problem(n.at, &p, "expected seconds, more than 0 and at most 86400");
-                return None;
-            }
-            Some(Duration::from_secs_f64(secs))
-        });
+        let timeout = obj
+            .get("timeout")
+            .and_then(|n| self.seconds(n, &key_path(path, "timeout"), 86_400.0));
         let user = obj
             .get("user")
             .and_then(|n| self.nonempty_string(n, &key_path(path, "user")));
@@ -802,7 +817,9 @@ impl Validator {
             if !BACKENDS.contains(&name.as_str()) {
                 let msg = match suggest(&name, BACKENDS.iter().copied()) {
                     Some(s) => format!("unknown backend {name:?}; did you mean {s:?}?"),
-                    None => format!("unknown backend {name:?} (backends: aws-sns, aws-sqs)"),
+                    None => {
+                        format!("unknown backend {name:?} (backends: aws-sns, aws-sqs, webhook)")
+                    }
                 };
                 self.problem(n.at, &p, msg);
                 return None;
@@ -812,25 +829,35 @@ impl Validator {
         let options_path = key_path(path, "options");
         let options = self.required(&obj, node, path, "options");
         let mut region = None;
+        let mut timeout = Some(NotifySpec::DEFAULT_TIMEOUT);
+        let mut retries = Some(NotifySpec::DEFAULT_RETRIES);
         let backend = match (backend_name.as_deref(), options) {
             (Some(name), Some(opts)) => {
-                let (keys, target) = if name == "aws-sns" {
-                    (SNS_OPTION_KEYS, "topic")
-                } else {
-                    (SQS_OPTION_KEYS, "queue-url")
+                let keys = match name {
+                    "aws-sns" => SNS_OPTION_KEYS,
+                    "webhook" => WEBHOOK_OPTION_KEYS,
+                    _ => SQS_OPTION_KEYS,
                 };
                 let o = self.object(opts, &options_path, keys)?;
                 region = o
                     .get("region")
                     .and_then(|n| self.nonempty_string(n, &key_path(&options_path, "region")));
-                let target_path = key_path(&options_path, target);
-                let value = self
-                    .required(&o, opts, &options_path, target)
-                    .and_then(|n| self.nonempty_string(n, &target_path));
-                match value {
-                    Some(v) if name == "aws-sns" => Some(Backend::Sns { topic_arn: v }),
-                    Some(v) => Some(Backend::Sqs { queue_url: v }),
-                    None => None,
+                if let Some(n) = o.get("timeout") {
+                    timeout = self.seconds(n, &key_path(&options_path, "timeout"), 60.0);
+                }
+                if let Some(n) = o.get("retries") {
+                    retries = self
+                        .integer(n, &key_path(&options_path, "retries"), 0, 10)
+                        .map(|r| r as u32);
+                }
+                match name {
+                    "aws-sns" => self
+                        .target(&o, opts, &options_path, "topic")
+                        .map(|topic_arn| Backend::Sns { topic_arn }),
+                    "webhook" => self.webhook(&o, opts, &options_path),
+                    _ => self
+                        .target(&o, opts, &options_path, "queue-url")
+                        .map(|queue_url| Backend::Sqs { queue_url }),
                 }
             }
             _ => None,
@@ -842,9 +869,15 @@ impl Validator {
                 subject = e
                     .get("subject")
                     .and_then(|s| self.template(s, &key_path(&p, "subject")));
-                body = e
-                    .get("body")
-                    .and_then(|b| self.template(b, &key_path(&p, "body")));
+                body = e.get("body").and_then(|b| {
+                    let bp = key_path(&p, "body");
+                    match &b.value {
+                        Json::Object(_) | Json::Array(_) => {
+                            self.json_template(b, &bp).map(Body::Json)
+                        }
+                        _ => self.template(b, &bp).map(Body::Text),
+                    }
+                });
             }
         }
         let mut disabled = Vec::new();
@@ -875,7 +908,116 @@ impl Validator {
             subject,
             body,
             disabled,
+            timeout: timeout?,
+            retries: retries?,
         })
+    }
+
+    /// A required, non-empty string option.
+    fn target(&mut self, o: &Obj, opts: &Node, path: &str, key: &str) -> Option<String> {
+        self.required(o, opts, path, key)
+            .and_then(|n| self.nonempty_string(n, &key_path(path, key)))
+    }
+
+    /// `webhook` options: an http(s) URL and headers with macros.
+    fn webhook(&mut self, o: &Obj, opts: &Node, path: &str) -> Option<Backend> {
+        let url = self.target(o, opts, path, "url").and_then(|url| {
+            let n = o.get("url")?;
+            match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() => Some(url),
+                Ok(_) => {
+                    self.problem(
+                        n.at,
+                        &key_path(path, "url"),
+                        format!("{url:?} is not an https:// (or http://) URL"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(
+                        n.at,
+                        &key_path(path, "url"),
+                        format!("{url:?} is not a URL: {e}"),
+                    );
+                    None
+                }
+            }
+        });
+        let mut headers = Vec::new();
+        if let Some(n) = o.get("headers") {
+            let p = key_path(path, "headers");
+            match &n.value {
+                Json::Object(members) => {
+                    for m in members {
+                        let hp = key_path(&p, &m.key);
+                        if reqwest::header::HeaderName::from_bytes(m.key.as_bytes()).is_err() {
+                            self.problem(
+                                m.key_at,
+                                &hp,
+                                format!("{:?} is not an HTTP header name", m.key),
+                            );
+                        }
+                        if let Some(t) = self.template(&m.node, &hp) {
+                            headers.push((m.key.clone(), t));
+                        }
+                    }
+                }
+                _ => self.expected(n, &p, "an object of header names and values"),
+            }
+        }
+        Some(Backend::Webhook { url: url?, headers })
+    }
+
+    /// A JSON body whose strings are templates.
+    fn json_template(&mut self, node: &Node, path: &str) -> Option<JsonTemplate> {
+        Some(match &node.value {
+            Json::Null => JsonTemplate::Plain(serde_json::Value::Null),
+            Json::Bool(b) => JsonTemplate::Plain((*b).into()),
+            Json::Number(raw) => {
+                let n = self.number(node, path)?;
+                let v = if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                    serde_json::Value::from(n as i64)
+                } else {
+                    serde_json::Number::from_f64(n).map_or_else(|| raw.clone().into(), Into::into)
+                };
+                JsonTemplate::Plain(v)
+            }
+            Json::String(_) => JsonTemplate::Text(self.template(node, path)?),
+            Json::Array(items) => JsonTemplate::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.json_template(item, &index_path(path, i)))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .collect::<Option<_>>()?,
+            ),
+            Json::Object(members) => JsonTemplate::Object(
+                members
+                    .iter()
+                    .map(|m| {
+                        let v = self.json_template(&m.node, &key_path(path, &m.key));
+                        v.map(|v| (m.key.clone(), v))
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .collect::<Option<_>>()?,
+            ),
+        })
+    }
+
+    /// Seconds, more than 0 and at most `max`.
+    fn seconds(&mut self, node: &Node, path: &str, max: f64) -> Option<Duration> {
+        let secs = self.number(node, path)?;
+        if !(secs > 0.0 && secs <= max) {
+            self.problem(
+                node.at,
+                path,
+                format!("expected seconds, more than 0 and at most {max}"),
+            );
+            return None;
+        }
+        Some(Duration::from_secs_f64(secs))
     }
 }
 

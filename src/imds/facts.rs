@@ -16,6 +16,8 @@ pub struct InstanceFacts {
     pub public_ipv4: Vec<String>,
     /// IPv6 addresses of the primary interface (all are public on EC2).
     pub public_ipv6: Vec<String>,
+    /// The primary private IPv4 address (`local-ipv4`).
+    pub private_ipv4: Option<String>,
 }
 
 impl InstanceFacts {
@@ -31,17 +33,27 @@ impl InstanceFacts {
         let optional = |path: &'static str| async move {
             Ok::<_, ImdsError>(imds.meta(path).await?.unwrap_or_default())
         };
-        let (instance_id, instance_type, launch_index, region, zone, hypervisor, mac, primary_v4) =
-            tokio::try_join!(
-                required("instance-id"),
-                required("instance-type"),
-                optional("ami-launch-index"),
-                required("placement/region"),
-                required("placement/availability-zone"),
-                optional("system"),
-                optional("mac"),
-                optional("public-ipv4"),
-            )?;
+        let (
+            instance_id,
+            instance_type,
+            launch_index,
+            region,
+            zone,
+            hypervisor,
+            mac,
+            primary_v4,
+            private_v4,
+        ) = tokio::try_join!(
+            required("instance-id"),
+            required("instance-type"),
+            optional("ami-launch-index"),
+            required("placement/region"),
+            required("placement/availability-zone"),
+            optional("system"),
+            optional("mac"),
+            optional("public-ipv4"),
+            optional("local-ipv4"),
+        )?;
         let (mut public_ipv4, public_ipv6) = if mac.is_empty() {
             (Vec::new(), Vec::new())
         } else {
@@ -68,6 +80,7 @@ impl InstanceFacts {
             hypervisor,
             public_ipv4,
             public_ipv6,
+            private_ipv4: Some(private_v4).filter(|a| !a.is_empty()),
         })
     }
 

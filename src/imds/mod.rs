@@ -148,14 +148,14 @@ impl ImdsClient {
             let response = match response {
                 Ok(r) => r,
                 Err(e) => {
-                    last = describe(&e);
+                    last = describe_http(&e);
                     continue;
                 }
             };
             match response.status().as_u16() {
                 200 => match response.bytes().await {
                     Ok(b) => return Ok(Some(b.to_vec())),
-                    Err(e) => last = describe(&e),
+                    Err(e) => last = describe_http(&e),
                 },
                 404 => return Ok(None),
                 401 => {
@@ -201,7 +201,9 @@ impl ImdsClient {
             )
             .send()
             .await
-            .map_err(|e| TokenError::Retry(format!("token request failed: {}", describe(&e))))?;
+            .map_err(|e| {
+                TokenError::Retry(format!("token request failed: {}", describe_http(&e)))
+            })?;
         let status = response.status().as_u16();
         match status {
             200 => {}
@@ -218,10 +220,9 @@ impl ImdsClient {
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(TOKEN_TTL, Duration::from_secs)
             .min(TOKEN_TTL);
-        let value = response
-            .text()
-            .await
-            .map_err(|e| TokenError::Retry(format!("token body unreadable: {}", describe(&e))))?;
+        let value = response.text().await.map_err(|e| {
+            TokenError::Retry(format!("token body unreadable: {}", describe_http(&e)))
+        })?;
         *slot = Some(Token {
             value: value.clone(),
             refresh_at: started + ttl - TOKEN_REFRESH_MARGIN.min(ttl / 4),
@@ -231,7 +232,7 @@ impl ImdsClient {
 }
 
 /// An HTTP error with its root cause, which reqwest keeps in `source()`.
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe_http(e: &reqwest::Error) -> String {
     let mut text = if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {

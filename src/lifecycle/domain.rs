@@ -1,13 +1,15 @@
 //! One domain's part of each phase: bring-up (volumes, records, hooks) and
 //! the hooks and notifications of every later event.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 
 use crate::aws::Clients;
-use crate::config::{Domain, Event, ExecBlock, MacroValues};
+use crate::config::{Domain, Event, ExecBlock, MacroValues, VolumeSource};
 use crate::dns::{self, RecordTarget};
 use crate::hooks::{self, OnFailure, Policy, Scope};
 use crate::imds::InstanceFacts;
@@ -57,8 +59,14 @@ pub struct DomainRun {
     pub volumes: Vec<AttachedVolume>,
     /// The `failed` hooks already ran (before a rollback).
     pub failed_hooks_ran: bool,
-    /// Records set, by index in the domain's `update-route53`.
-    pub records: Vec<(usize, dns::Placed)>,
+    /// Records set (each knows its index in the domain's `update-route53`).
+    pub records: Vec<dns::Placed>,
+    /// `name TYPE` of the records `delete-on` deleted.
+    pub deleted_records: Vec<String>,
+    /// What went wrong in this domain, for the event.
+    pub errors: Vec<String>,
+    /// Seconds each phase took, for the event.
+    pub timings: BTreeMap<String, f64>,
 }
 
 impl DomainRun {
@@ -71,6 +79,9 @@ impl DomainRun {
             volumes: Vec::new(),
             failed_hooks_ran: false,
             records: Vec::new(),
+            deleted_records: Vec::new(),
+            errors: Vec::new(),
+            timings: BTreeMap::new(),
         }
     }
 
@@ -93,6 +104,7 @@ impl DomainRun {
             result = volumes::commit(&ctx, &self.volumes).await;
         }
         if let Err(e) = &result {
+            self.errors.push(format!("{e:#}"));
             if self.volumes.iter().any(|v| v.attached_now) {
                 self.values.set("error", format!("{e:#}"));
                 let _ = self
@@ -100,10 +112,8 @@ impl DomainRun {
                     .await;
                 self.failed_hooks_ran = true;
             }
-            for (_, placed) in self.records.iter().rev() {
-                if let Err(e) = dns::restore(&shared.clients.route53, placed).await {
-                    tracing::error!("[{}] restoring {}: {e:#}", self.domain.name, placed.name);
-                }
+            if let Err(e) = dns::restore(&shared.clients.route53, &self.records).await {
+                tracing::error!("[{}] putting records back: {e:#}", self.domain.name);
             }
             volumes::rollback(&ctx, &self.volumes).await;
             for v in &mut self.volumes {
@@ -125,15 +135,35 @@ impl DomainRun {
             .iter()
             .filter(|b| b.runs_on(Event::Starting))
             .collect();
-        hooks::run(
+        let since = Instant::now();
+        let starting = hooks::run(
             blocks,
             scope,
             &self.values_for(Event::Starting),
             &Policy::new(OnFailure::Stop),
         )
-        .await
-        .map_err(|f| anyhow!("{}", f.join("; ")))?;
+        .await;
+        self.record_time("starting-hooks", since);
+        starting.map_err(|f| anyhow!("{}", f.join("; ")))?;
 
+        let since = Instant::now();
+        let result = self.attach_volumes(shared).await;
+        self.record_time("volumes", since);
+        result?;
+
+        let since = Instant::now();
+        let result = self.set_records(shared).await;
+        self.record_time("records", since);
+        result
+    }
+
+    /// The domain's volumes in order, each followed by its hooks.
+    async fn attach_volumes(&mut self, shared: &Shared) -> Result<()> {
+        let name = self.domain.name.clone();
+        let scope = Scope {
+            domain: &name,
+            event: Event::Starting,
+        };
         for spec in self.domain.volumes.clone() {
             let attached = match volumes::attach(&shared.volume_ctx(&name), &spec).await {
                 Ok(a) => a,
@@ -143,6 +173,10 @@ impl DomainRun {
                         "[{name}] non-critical volume {} skipped: {e:#}",
                         spec.device
                     );
+                    self.errors.push(format!(
+                        "non-critical volume {} skipped: {e:#}",
+                        spec.device
+                    ));
                     continue;
                 }
             };
@@ -182,36 +216,79 @@ impl DomainRun {
                     return Err(e);
                 }
                 tracing::warn!("[{name}] non-critical: {e}");
+                self.errors.push(format!("non-critical: {e}"));
             }
         }
 
-        for (i, record) in self.domain.records.iter().enumerate() {
-            let record_name = record.name.render(&self.values);
-            let target = RecordTarget {
-                hosted_zone: &record.hosted_zone,
-                name: &record_name,
-                ttl: record.ttl,
-                ipv4: shared.facts.primary_ipv4(),
-                ipv6: shared.facts.primary_ipv6(),
-            };
-            match dns::upsert(&shared.clients.route53, &target).await {
-                Ok(placed) => self.records.push((i, placed)),
-                Err(e) if record.critical => return Err(e),
-                Err(e) => tracing::warn!("[{name}] non-critical record skipped: {e:#}"),
+        Ok(())
+    }
+
+    /// The domain's records, one change batch per hosted zone, the zones
+    /// in parallel.
+    async fn set_records(&mut self, shared: &Shared) -> Result<()> {
+        let mut zones: Vec<&str> = Vec::new();
+        for r in &self.domain.records {
+            if !zones.contains(&r.hosted_zone.as_str()) {
+                zones.push(&r.hosted_zone);
             }
         }
-        Ok(())
+        let batches = zones.iter().map(|zone| {
+            let targets: Vec<RecordTarget> = self
+                .domain
+                .records
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.hosted_zone == *zone)
+                .map(|(index, r)| {
+                    let (ipv4, ipv6) = dns::addresses(&shared.facts, r.address);
+                    RecordTarget {
+                        index,
+                        name: r.name.render(&self.values),
+                        ttl: r.ttl,
+                        ipv4,
+                        ipv6,
+                        wait_insync: r.wait_insync,
+                    }
+                })
+                .collect();
+            let route53 = &shared.clients.route53;
+            async move { dns::upsert_zone(route53, zone, &targets).await }
+        });
+        let outcomes = futures_util::future::join_all(batches).await;
+        let mut critical_error = None;
+        for (index, outcome) in outcomes.into_iter().flatten() {
+            match outcome {
+                Ok(placed) => self.records.push(placed),
+                Err(e) if self.domain.records[index].critical => {
+                    critical_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    tracing::warn!("[{}] non-critical record skipped: {e:#}", self.domain.name);
+                    self.errors
+                        .push(format!("non-critical record skipped: {e:#}"));
+                }
+            }
+        }
+        critical_error.map_or(Ok(()), Err)
     }
 
     /// `delete-on`: after `event`, delete the records that ask for it, each
     /// only while it still points here.
-    pub async fn delete_records_for(&self, shared: &Shared, event: Event) {
-        for (i, placed) in &self.records {
-            if !self.domain.records[*i].delete_on.contains(&event) {
-                continue;
-            }
-            if let Err(e) = dns::delete_if_ours(&shared.clients.route53, placed).await {
-                tracing::error!("[{}] deleting {}: {e:#}", self.domain.name, placed.name);
+    pub async fn delete_records_for(&mut self, shared: &Shared, event: Event) {
+        let leaving: Vec<dns::Placed> = self
+            .records
+            .iter()
+            .filter(|p| self.domain.records[p.index].delete_on.contains(&event))
+            .cloned()
+            .collect();
+        if leaving.is_empty() {
+            return;
+        }
+        match dns::delete_if_ours(&shared.clients.route53, &leaving).await {
+            Ok(deleted) => self.deleted_records.extend(deleted),
+            Err(e) => {
+                tracing::error!("[{}] deleting records: {e:#}", self.domain.name);
+                self.errors.push(format!("deleting records: {e:#}"));
             }
         }
     }
@@ -248,7 +325,11 @@ impl DomainRun {
             }
             match volumes::release(&ctx, v, spec.force).await {
                 Ok(()) => v.released = true,
-                Err(e) => tracing::error!("[{}] releasing {}: {e:#}", ctx.domain, v.volume_id),
+                Err(e) => {
+                    tracing::error!("[{}] releasing {}: {e:#}", ctx.domain, v.volume_id);
+                    self.errors
+                        .push(format!("releasing {}: {e:#}", v.volume_id));
+                }
             }
         }
     }
@@ -268,15 +349,119 @@ impl DomainRun {
             .collect()
     }
 
-    /// Sends every notification enabled for `event`, all at once.
-    pub async fn notify(&self, shared: &Arc<Shared>, event: Event) {
+    /// Records that phase `name` ran from `since` until now.
+    pub fn record_time(&mut self, name: &str, since: Instant) {
+        self.timings
+            .insert(name.to_string(), since.elapsed().as_secs_f64());
+    }
+
+    /// The typed event for `event` (see `doc/events.md`).
+    pub fn event_body(&self, shared: &Shared, event: Event) -> notify::event::EventBody {
+        use notify::event::*;
+        let facts = &shared.facts;
+        let volumes = self
+            .volumes
+            .iter()
+            .map(|v| Volume {
+                id: v.volume_id.clone(),
+                device: v.device_name.clone(),
+                block_device: v.device.display().to_string(),
+                source: match v.source {
+                    VolumeSource::Given => "volume-id",
+                    VolumeSource::Pool => "pool",
+                    VolumeSource::Create => "create",
+                },
+                pool: self
+                    .domain
+                    .volumes
+                    .iter()
+                    .find(|s| s.device == v.device_name)
+                    .and_then(|s| s.pool_name.clone())
+                    .filter(|_| v.source == VolumeSource::Pool),
+                operation: match (v.attached_now, v.created) {
+                    (_, true) => "created",
+                    (true, false) => "attached",
+                    (false, false) => "adopted",
+                },
+                released: v.released,
+            })
+            .collect();
+        let records = self
+            .records
+            .iter()
+            .flat_map(|p| {
+                p.ours.iter().map(|set| {
+                    let kind = set.r#type().as_str().to_string();
+                    Record {
+                        hosted_zone: p.hosted_zone.clone(),
+                        name: p.name.clone(),
+                        deleted: self.deleted_records.contains(&format!("{} {kind}", p.name)),
+                        record_type: kind,
+                        values: p.values(set.r#type()),
+                        ttl: set.ttl().unwrap_or_default(),
+                        change_id: p.change_id.clone(),
+                    }
+                })
+            })
+            .collect();
+        let interruption = Some(self.values.get("interrupt_action"))
+            .filter(|a| !a.is_empty())
+            .map(|action| Interruption {
+                action: action.to_string(),
+                time: self.values.get("interrupt_time").to_string(),
+            });
+        EventBody {
+            version: VERSION,
+            event: event.name().to_string(),
+            time: super::now_rfc3339(),
+            domain: self.domain.name.clone(),
+            transaction_id: shared.transaction_id.clone(),
+            daemon: Daemon::this(),
+            instance: Instance {
+                id: facts.instance_id.clone(),
+                instance_type: facts.instance_type.clone(),
+                launch_index: facts.launch_index.clone(),
+                region: facts.region.clone(),
+                availability_zone: facts.zone.clone(),
+                addresses: Addresses {
+                    public_ipv4: facts.public_ipv4.clone(),
+                    ipv6: facts.public_ipv6.clone(),
+                    private_ipv4: facts.private_ipv4.clone(),
+                },
+            },
+            volumes,
+            records,
+            interruption,
+            errors: self.errors.clone(),
+            timings: self.timings.clone(),
+        }
+    }
+
+    /// Sends every notification enabled for `event`, all at once; none is
+    /// retried past `until`.
+    pub async fn notify(
+        &self,
+        shared: &Arc<Shared>,
+        event: Event,
+        until: Option<tokio::time::Instant>,
+    ) {
         let values = self.values_for(event);
-        let sends = self
+        let specs: Vec<_> = self
             .domain
             .notify
             .iter()
             .filter(|n| n.enabled_for(event))
-            .map(|n| notify::send(&shared.clients, n, &self.domain.name, &values));
+            .collect();
+        if specs.is_empty() {
+            return;
+        }
+        let body =
+            serde_json::to_value(self.event_body(shared, event)).expect("the event serializes");
+        let sends = specs.into_iter().map(|spec| {
+            let message = notify::Message::render(spec, event, &self.domain.name, &values, &body);
+            let values = &values;
+            async move { notify::send(&shared.clients, spec, values, &message, until).await }
+        });
         for result in futures_util::future::join_all(sends).await {
             // Already logged by `notify::send`; a notification never fails the run.
             let _ = result;

@@ -158,7 +158,7 @@ impl Daemon {
             }
             self.bring_up_all().await
         };
-        let runs = match self.guarded(bring_up, deadline, &mut watcher).await {
+        let mut runs = match self.guarded(bring_up, deadline, &mut watcher).await {
             Phase::Done((runs, None)) => runs,
             Phase::Done((runs, Some(e))) => {
                 return self.finish(State::Failed, runs, Some(e), None).await
@@ -181,7 +181,7 @@ impl Daemon {
         self.set_hostname(&runs);
         state = state.next(Input::InitDone).expect("starting → started");
         match self
-            .guarded(self.started(&runs), deadline, &mut watcher)
+            .guarded(self.started(&mut runs), deadline, &mut watcher)
             .await
         {
             Phase::Done(Ok(())) => {}
@@ -258,7 +258,8 @@ impl Daemon {
             ..Policy::new(OnFailure::Continue)
         };
         futures_util::future::join_all(runs.iter().map(|r| r.run_hooks(event, &policy))).await;
-        futures_util::future::join_all(runs.iter().map(|r| r.notify(&self.shared, event))).await;
+        futures_util::future::join_all(runs.iter().map(|r| r.notify(&self.shared, event, None)))
+            .await;
         systemd::status("watching for spot interruptions");
     }
 
@@ -405,11 +406,14 @@ impl Daemon {
     }
 
     /// `started` hooks of every domain in parallel, then notifications.
-    async fn started(&self, runs: &[DomainRun]) -> Result<()> {
-        let policy = Policy::new(OnFailure::Stop);
-        let results = futures_util::future::join_all(
-            runs.iter().map(|r| r.run_hooks(Event::Started, &policy)),
-        )
+    async fn started(&self, runs: &mut [DomainRun]) -> Result<()> {
+        let policy = &Policy::new(OnFailure::Stop);
+        let results = futures_util::future::join_all(runs.iter_mut().map(|r| async move {
+            let since = Instant::now();
+            let result = r.run_hooks(Event::Started, policy).await;
+            r.record_time("started-hooks", since);
+            result
+        }))
         .await;
         let errors: Vec<String> = runs
             .iter()
@@ -422,8 +426,11 @@ impl Daemon {
         if !errors.is_empty() {
             return Err(anyhow!("started hooks failed: {}", errors.join("; ")));
         }
-        futures_util::future::join_all(runs.iter().map(|r| r.notify(&self.shared, Event::Started)))
-            .await;
+        futures_util::future::join_all(
+            runs.iter()
+                .map(|r| r.notify(&self.shared, Event::Started, None)),
+        )
+        .await;
         Ok(())
     }
 
@@ -442,6 +449,9 @@ impl Daemon {
         let error_text = error.as_ref().map(|e| format!("{e:#}")).unwrap_or_default();
         for run in &mut runs {
             run.values.set("error", error_text.clone());
+            if error.is_some() && !run.errors.iter().any(|e| error_text.contains(e.as_str())) {
+                run.errors.push(error_text.clone());
+            }
         }
         let hooks_until = deadline.map(|d| {
             let left = d.duration_since(SystemTime::now()).unwrap_or_default();
@@ -474,9 +484,16 @@ impl Daemon {
             if event == Event::Failed && r.failed_hooks_ran {
                 return Ok(());
             }
+            let since = Instant::now();
             let result = r.run_hooks(event, policy).await;
+            r.record_time(&format!("{event}-hooks"), since);
+            if let Err(failures) = &result {
+                r.errors.extend(failures.iter().cloned());
+            }
+            let since = Instant::now();
             r.release_for(shared, event, result.is_ok()).await;
             r.delete_records_for(shared, event).await;
+            r.record_time("release", since);
             result
         }))
         .await;
@@ -484,7 +501,12 @@ impl Daemon {
             .iter()
             .map(|r| r.as_ref().err().map_or(0, Vec::len))
             .sum();
-        futures_util::future::join_all(runs.iter().map(|r| r.notify(&self.shared, event))).await;
+        // Notifications end by the deadline: the instance may be gone after.
+        let until = deadline.map(|d| {
+            tokio::time::Instant::now() + d.duration_since(SystemTime::now()).unwrap_or_default()
+        });
+        futures_util::future::join_all(runs.iter().map(|r| r.notify(&self.shared, event, until)))
+            .await;
         if failed_hooks > 0 {
             tracing::warn!("{event}: {failed_hooks} hook(s) failed");
         }
@@ -533,6 +555,10 @@ fn base_values(facts: &InstanceFacts, transaction_id: &str) -> MacroValues {
     v.set(
         "primary_public_ipv6",
         facts.primary_ipv6().unwrap_or_default(),
+    );
+    v.set(
+        "primary_private_ipv4",
+        facts.private_ipv4.clone().unwrap_or_default(),
     );
     v.set("public_ipv4_list", facts.public_ipv4.join(", "));
     v.set("public_ipv6_list", facts.public_ipv6.join(", "));

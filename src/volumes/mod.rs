@@ -546,7 +546,7 @@ pub(crate) fn ec2_error<E>(
     e: &aws_sdk_ec2::error::SdkError<E>,
 ) -> anyhow::Error
 where
-    E: std::error::Error + 'static,
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
     anyhow!(
         "{call} {subject} failed ({}): {}",

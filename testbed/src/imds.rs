@@ -46,8 +46,15 @@ pub struct InstanceMeta {
     pub mac: String,
     #[arg(long, default_value = "198.51.100.7")]
     pub public_ipv4: Option<String>,
+    /// More public IPv4 addresses of the primary interface (`public-ipv4s`).
+    #[arg(long = "secondary-public-ipv4")]
+    #[serde(default)]
+    pub secondary_public_ipv4: Vec<String>,
     #[arg(long)]
     pub public_ipv6: Option<String>,
+    #[arg(long, default_value = "10.0.0.7")]
+    #[serde(default)]
+    pub private_ipv4: Option<String>,
 }
 
 /// A spot interruption notice as IMDS shows it.
@@ -305,6 +312,7 @@ async fn metadata(
         "system" => Some("nitro".to_string()),
         "mac" => Some(m.mac.clone()),
         "public-ipv4" => m.public_ipv4.clone(),
+        "local-ipv4" => m.private_ipv4.clone(),
         "autoscaling/target-lifecycle-state" => emu.lifecycle_state.clone(),
         "events/recommendations/rebalance" => emu
             .rebalance
@@ -316,7 +324,13 @@ async fn metadata(
             .as_ref()
             .filter(|(_, visible)| Instant::now() >= *visible)
             .map(|(n, _)| serde_json::to_string(n).expect("a notice serializes")),
-        k if k == format!("{macs}public-ipv4s") => m.public_ipv4.clone(),
+        k if k == format!("{macs}public-ipv4s") => m.public_ipv4.clone().map(|first| {
+            std::iter::once(first)
+                .chain(m.secondary_public_ipv4.iter().cloned())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+        k if k == format!("{macs}local-ipv4s") => m.private_ipv4.clone(),
         k if k == format!("{macs}ipv6s") => m.public_ipv6.clone(),
         _ => None,
     };

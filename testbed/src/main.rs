@@ -29,7 +29,7 @@ enum Command {
         #[arg(long, default_value = "8111")]
         port: u16,
         #[command(flatten)]
-        meta: InstanceMeta,
+        meta: Box<InstanceMeta>,
         /// Serve this file as the user data.
         #[arg(long, value_name = "FILE")]
         user_data: Option<PathBuf>,
@@ -54,7 +54,7 @@ async fn main() -> Result<()> {
             meta,
             user_data,
         } => {
-            let emu = ImdsEmulator::start(meta, port).await?;
+            let emu = ImdsEmulator::start(*meta, port).await?;
             if let Some(file) = user_data {
                 emu.set_user_data(
                     std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,

@@ -88,6 +88,17 @@ impl Testbed {
     /// Launches an instance in `zone` (a letter such as "a" or a full zone
     /// name) and starts its IMDS emulator. `ipv6` adds a public IPv6.
     pub async fn launch_instance(&self, zone: &str, ipv6: Option<&str>) -> Result<SimInstance> {
+        self.launch_instance_with(zone, |m| m.public_ipv6 = ipv6.map(String::from))
+            .await
+    }
+
+    /// Like [`Testbed::launch_instance`], with `shape` changing what IMDS
+    /// tells of the instance (its addresses, say) before the emulator starts.
+    pub async fn launch_instance_with(
+        &self,
+        zone: &str,
+        shape: impl FnOnce(&mut InstanceMeta),
+    ) -> Result<SimInstance> {
         let zone = self.zone(zone);
         let out = self
             .ec2
@@ -117,8 +128,12 @@ impl Testbed {
                 .unwrap_or("02:00:00:00:00:01")
                 .to_string(),
             public_ipv4: i.public_ip_address().map(String::from),
-            public_ipv6: ipv6.map(String::from),
+            secondary_public_ipv4: Vec::new(),
+            public_ipv6: None,
+            private_ipv4: i.private_ip_address().map(String::from),
         };
+        let mut meta = meta;
+        shape(&mut meta);
         let imds = ImdsEmulator::start(meta.clone(), 0).await?;
         let root = tempfile::Builder::new()
             .prefix("ec2fleetd-root-")

@@ -103,3 +103,23 @@ pub async fn stop_cleanly(daemon: &mut DaemonProcess) {
         daemon.log()
     );
 }
+
+/// Fails unless `event` is valid under `schema/event.schema.json`.
+pub fn assert_valid_event(event: &serde_json::Value) {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("schema/event.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let problems: Vec<String> = validator
+        .iter_errors(event)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "the event does not match its schema: {problems:?}\n{event:#}"
+    );
+}

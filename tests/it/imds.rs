@@ -15,7 +15,9 @@ fn meta() -> InstanceMeta {
         zone: "eu-west-1c".into(),
         mac: "02:aa:bb:cc:dd:ee".into(),
         public_ipv4: Some("203.0.113.9".into()),
+        secondary_public_ipv4: vec!["203.0.113.10".into()],
         public_ipv6: Some("2001:db8::9".into()),
+        private_ipv4: Some("10.1.2.3".into()),
     }
 }
 
@@ -31,8 +33,9 @@ async fn facts_come_from_one_reused_token() {
         (facts.region.as_str(), facts.zone.as_str()),
         ("eu-west-1", "eu-west-1c")
     );
-    assert_eq!(facts.public_ipv4, ["203.0.113.9"]);
+    assert_eq!(facts.public_ipv4, ["203.0.113.9", "203.0.113.10"]);
     assert_eq!(facts.public_ipv6, ["2001:db8::9"]);
+    assert_eq!(facts.private_ipv4.as_deref(), Some("10.1.2.3"));
     assert_eq!(facts.hypervisor, "nitro");
     assert_eq!(emu.tokens_issued(), 1, "one token serves every request");
     assert_eq!(emu.unauthorized(), 0);

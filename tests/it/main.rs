@@ -8,6 +8,7 @@ mod double;
 mod fleet;
 mod imds;
 mod lifecycle;
+mod notify;
 mod pools;
 mod run;
 mod units;

@@ -152,15 +152,17 @@ async fn minecraft_example_lives_through_a_spot_interruption() {
             "the hostname from the config, in the daemon's namespace"
         );
     }
-    // The SNS notification arrived, with the Python daemon's subject and JSON body.
+    // The SNS notification arrived, with the Python daemon's subject and
+    // the typed event as its body.
     let messages = sns_messages(&m.tb, &m.queue).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(
         messages[0].0,
         format!("Fleetd my-world.mc on {id} state changed to [started]")
     );
-    assert_eq!(messages[0].1["volume_id"], m.volume.as_str());
-    assert_eq!(messages[0].1["daemon_state"], "started");
+    assert_valid_event(&messages[0].1);
+    assert_eq!(messages[0].1["volumes"][0]["id"], m.volume.as_str());
+    assert_eq!(messages[0].1["event"], "started");
     // systemd heard READY and a status line.
     let notes = daemon.notify.messages();
     assert!(
@@ -185,8 +187,9 @@ async fn minecraft_example_lives_through_a_spot_interruption() {
     );
     let messages = sns_messages(&m.tb, &m.queue).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0].1["daemon_state"], "interrupted");
-    assert_eq!(messages[0].1["interrupt_time"], notice.time.as_str());
+    assert_valid_event(&messages[0].1);
+    assert_eq!(messages[0].1["event"], "interrupted");
+    assert_eq!(messages[0].1["interruption"]["time"], notice.time.as_str());
     assert!(daemon.notify.messages().iter().any(|n| n == "STOPPING=1"));
     // The machine's own hostname was never touched.
     assert_eq!(

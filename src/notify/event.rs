@@ -1,0 +1,107 @@
+//! The typed JSON event: the body of every notification without an
+//! `envelope.body`. Documented in `doc/events.md`, described by
+//! `schema/event.schema.json`; [`VERSION`] changes when a field changes
+//! meaning or goes away (new fields may appear within a version).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// The event format's version, `version` in every event.
+pub const VERSION: u32 = 1;
+
+/// One notification's body.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventBody {
+    pub version: u32,
+    /// `started`, `failed`, `stopping`, `interrupted`, `terminating`,
+    /// `rebalance` or `maintenance`.
+    pub event: String,
+    /// When the event was reported, RFC 3339.
+    pub time: String,
+    pub domain: String,
+    pub transaction_id: String,
+    pub daemon: Daemon,
+    pub instance: Instance,
+    pub volumes: Vec<Volume>,
+    pub records: Vec<Record>,
+    /// The spot notice, if one arrived.
+    pub interruption: Option<Interruption>,
+    /// What went wrong in this domain (and, for `failed`, in the daemon).
+    pub errors: Vec<String>,
+    /// Seconds each phase of this domain took, by phase.
+    pub timings: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Daemon {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Instance {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub instance_type: String,
+    pub launch_index: String,
+    pub region: String,
+    pub availability_zone: String,
+    pub addresses: Addresses,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Addresses {
+    pub public_ipv4: Vec<String>,
+    pub ipv6: Vec<String>,
+    pub private_ipv4: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Volume {
+    pub id: String,
+    /// The AttachVolume device name (`/dev/xvdf`).
+    pub device: String,
+    /// The block device it appeared as (under the device root).
+    pub block_device: String,
+    /// `volume-id`, `pool` or `create`.
+    pub source: &'static str,
+    pub pool: Option<String>,
+    /// `attached` (by this run), `created` (and attached by this run), or
+    /// `adopted` (it was attached to this instance already).
+    pub operation: &'static str,
+    /// This run has detached it again (`detach-on`, or a rollback).
+    pub released: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub hosted_zone: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub record_type: String,
+    pub values: Vec<String>,
+    pub ttl: i64,
+    pub change_id: String,
+    /// Deleted again by `delete-on`.
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Interruption {
+    /// `terminate`, `stop` or `hibernate`.
+    pub action: String,
+    /// When the instance will be interrupted, as the notice says.
+    pub time: String,
+}
+
+impl Daemon {
+    pub fn this() -> Daemon {
+        Daemon {
+            name: "ec2fleetd",
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+        }
+    }
+}

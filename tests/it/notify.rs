@@ -1,0 +1,182 @@
+//! Notifications: SNS (read through an SQS subscription), SQS and a
+//! webhook all get the typed event, valid under its schema; an endpoint
+//! that is down or refuses changes nothing about the daemon's outcome.
+
+use std::time::Duration;
+
+use ec2fleetd_testbed::webhook::WebhookReceiver;
+
+use super::common::*;
+
+const REGION: &str = "us-east-1";
+
+#[tokio::test]
+async fn every_backend_gets_the_typed_event() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", Some("2001:db8::5")).await.unwrap();
+    let volume = tb.create_volume("a", 8).await.unwrap();
+    let zone = tb.create_hosted_zone("example.net").await.unwrap();
+    let (topic, topic_inbox) = tb.topic_with_queue("events").await.unwrap();
+    let queue = tb.create_queue("direct").await.unwrap();
+    let hook = WebhookReceiver::start().await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "game.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "game": {{
+  "attach-volume": [{{ "device": "/dev/xvdf", "source": "x", "volume-id": "{volume}" }}],
+  "update-route53": [{{ "hostedzone": "{zone}", "name": "play.example.net", "delete-on": ["interrupted"] }}],
+  "notify": [
+    {{ "backend": "aws-sns", "options": {{ "topic": "{topic}" }} }},
+    {{ "backend": "aws-sqs", "options": {{ "queue-url": "{queue}" }} }},
+    {{ "backend": "webhook",
+       "options": {{ "url": "{url}", "headers": {{ "Authorization": "Bearer t0ken", "X-Instance": "{{instance_id}}" }} }} }}
+  ] }} }} }}"#,
+            url = hook.url("/fleet")
+        ),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    let notice = instance.imds.raise_spot_interruption("terminate", 120);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+
+    let webhook: Vec<serde_json::Value> = hook
+        .wait_for_delivered(2, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r.path, "/fleet");
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            assert_eq!(r.header("authorization"), Some("Bearer t0ken"));
+            assert_eq!(
+                r.header("x-instance"),
+                Some(instance.meta.instance_id.as_str())
+            );
+            r.json()
+        })
+        .collect();
+    let sqs: Vec<serde_json::Value> = tb
+        .drain_queue(&queue)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let sns: Vec<serde_json::Value> = tb
+        .drain_queue(&topic_inbox)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let envelope: serde_json::Value = serde_json::from_str(b).unwrap();
+            assert_eq!(envelope["MessageAttributes"]["domain"]["Value"], "game");
+            serde_json::from_str(envelope["Message"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    for (backend, events) in [("webhook", &webhook), ("sqs", &sqs), ("sns", &sns)] {
+        let names: Vec<&str> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["started", "interrupted"], "{backend}");
+        for e in events {
+            assert_valid_event(e);
+        }
+        let (started, interrupted) = (&events[0], &events[1]);
+        assert_eq!(started["domain"], "game");
+        assert_eq!(
+            started["instance"]["id"],
+            instance.meta.instance_id.as_str()
+        );
+        assert_eq!(
+            started["instance"]["availability_zone"],
+            instance.meta.zone.as_str()
+        );
+        assert_eq!(
+            started["instance"]["addresses"]["ipv6"],
+            serde_json::json!(["2001:db8::5"])
+        );
+        assert_eq!(started["volumes"][0]["id"], volume.as_str());
+        assert_eq!(started["volumes"][0]["operation"], "attached");
+        assert_eq!(started["records"][0]["name"], "play.example.net");
+        assert_eq!(started["records"][0]["deleted"], false);
+        assert!(started["interruption"].is_null());
+        for phase in ["volumes", "records", "started-hooks"] {
+            assert!(started["timings"][phase].as_f64().is_some(), "{phase}");
+        }
+        assert_eq!(interrupted["interruption"]["action"], "terminate");
+        assert_eq!(interrupted["interruption"]["time"], notice.time.as_str());
+        assert_eq!(interrupted["records"][0]["deleted"], true, "{backend}");
+        assert!(interrupted["timings"]["interrupted-hooks"]
+            .as_f64()
+            .is_some());
+        assert_eq!(started["transaction_id"], interrupted["transaction_id"]);
+    }
+}
+
+/// A webhook that answers 503 twice is retried until it takes the event; a
+/// 4xx is not retried (it would fail again); an endpoint with nothing
+/// listening and a queue that does not exist cost only log lines.
+#[tokio::test]
+async fn failing_endpoints_do_not_change_the_outcome() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let flaky = WebhookReceiver::start().await.unwrap();
+    flaky.answer_next(&[503, 503]);
+    let refusing = WebhookReceiver::start().await.unwrap();
+    refusing.answer_next(&[403; 8]);
+    // A port that was free a moment ago: nothing listens there.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempdir();
+    let marker = dir.path().join("started");
+    let config = write_config(
+        dir.path(),
+        "app.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "app": {{
+  "exec": [{{ "on": ["started"], "lines": [{{ "argv": ["/usr/bin/touch", "{marker}"] }}] }}],
+  "notify": [
+    {{ "backend": "webhook", "options": {{ "url": "{flaky}", "retries": 3 }} }},
+    {{ "backend": "webhook", "options": {{ "url": "{refusing}" }} }},
+    {{ "backend": "webhook", "options": {{ "url": "http://127.0.0.1:{closed}/down", "retries": 1, "timeout": 1 }} }},
+    {{ "backend": "aws-sqs", "options": {{ "queue-url": "{endpoint}/123456789012/no-such-queue", "retries": 0 }} }}
+  ] }} }} }}"#,
+            marker = marker.display(),
+            flaky = flaky.url("/hook"),
+            refusing = refusing.url("/hook"),
+            endpoint = tb.moto.url
+        ),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    assert!(marker.exists());
+    let delivered = flaky
+        .wait_for_delivered(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(delivered[0].json()["event"], "started");
+    assert_eq!(flaky.received().len(), 3, "two 503s, then the delivery");
+    assert_eq!(refusing.received().len(), 1, "a 403 is not retried");
+    stop_cleanly(&mut d).await;
+    let log = d.log();
+    eprintln!("{log}");
+    for expected in [
+        "attempt 1 of 4 failed: POST",
+        "503 Service Unavailable",
+        "notified http",
+        "(attempt 3 of 4)",
+        "not retried: it would fail again",
+        "not delivered after 2 attempt(s) (out of retries)",
+        "SQS SendMessage to",
+    ] {
+        assert!(
+            log.contains(expected),
+            "{expected:?} not in the log:\n{log}"
+        );
+    }
+}
