@@ -1,5 +1,7 @@
 //! A webhook receiver on loopback: records every POST (headers and body)
 //! and answers with the statuses a test queues, 200 when none is queued.
+//! Over plain HTTP, or HTTPS with a certificate from a throwaway CA whose
+//! PEM file the daemon is told to trust (`SSL_CERT_FILE`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -49,25 +51,95 @@ pub struct WebhookReceiver {
     addr: SocketAddr,
     inbox: Shared,
     task: tokio::task::JoinHandle<()>,
+    /// With TLS: the CA certificate that signed the receiver's.
+    ca: Option<tempfile::NamedTempFile>,
 }
 
 impl WebhookReceiver {
+    /// A receiver over plain HTTP.
     pub async fn start() -> Result<WebhookReceiver> {
         let inbox = Shared::default();
-        let app = Router::new()
-            .route("/{*path}", post(receive))
-            .with_state(inbox.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        let app = router(&inbox);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(WebhookReceiver { addr, inbox, task })
+        Ok(WebhookReceiver {
+            addr,
+            inbox,
+            task,
+            ca: None,
+        })
+    }
+
+    /// A receiver over HTTPS, its certificate (for 127.0.0.1 and
+    /// localhost) signed by a CA made for it; see [`WebhookReceiver::ca_file`].
+    pub async fn start_tls() -> Result<WebhookReceiver> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ec2fleetd test CA");
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
+            .signed_by(&key, &issuer)?;
+        let mut ca = tempfile::Builder::new()
+            .prefix("webhook-ca-")
+            .suffix(".pem")
+            .tempfile()?;
+        std::io::Write::write_all(&mut ca, ca_cert.pem().as_bytes())?;
+
+        use tokio_rustls::rustls;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let inbox = Shared::default();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let app = router(&inbox);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(WebhookReceiver {
+            addr,
+            inbox,
+            task,
+            ca: Some(ca),
+        })
     }
 
     /// The URL of `path` (e.g. `/hook`) on this receiver.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
+    }
+
+    /// With TLS, the PEM file of the CA that signed the receiver's
+    /// certificate: give it to the daemon as `SSL_CERT_FILE`.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca.as_ref().map(|f| f.path())
     }
 
     /// The next requests get these statuses, in order.
@@ -111,6 +183,12 @@ impl Drop for WebhookReceiver {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn router(inbox: &Shared) -> Router {
+    Router::new()
+        .route("/{*path}", post(receive))
+        .with_state(inbox.clone())
 }
 
 async fn receive(

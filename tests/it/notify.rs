@@ -164,7 +164,6 @@ async fn failing_endpoints_do_not_change_the_outcome() {
     assert_eq!(refusing.received().len(), 1, "a 403 is not retried");
     stop_cleanly(&mut d).await;
     let log = d.log();
-    eprintln!("{log}");
     for expected in [
         "attempt 1 of 4 failed: POST",
         "503 Service Unavailable",
@@ -179,4 +178,59 @@ async fn failing_endpoints_do_not_change_the_outcome() {
             "{expected:?} not in the log:\n{log}"
         );
     }
+}
+
+/// HTTPS: the webhook's certificate must be trusted. A daemon that does not
+/// trust its CA delivers nothing (and still comes up); one told to trust it
+/// (`SSL_CERT_FILE`) delivers.
+#[tokio::test]
+async fn webhooks_go_over_verified_https() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let hook = WebhookReceiver::start_tls().await.unwrap();
+    assert!(hook.url("/x").starts_with("https://"));
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "app.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "app": {{ "notify": [
+                {{ "backend": "webhook", "options": {{ "url": "{}", "retries": 0 }},
+                   "envelope": {{ "body": {{ "text": "{{domain}} on {{instance_id}}: {{daemon_state}}" }} }} }} ] }} }} }}"#,
+            hook.url("/chat")
+        ),
+    );
+    let config = config.display().to_string();
+    let args = ["run", "--config", config.as_str(), "--keep-hostname"];
+
+    let mut untrusting =
+        DaemonProcess::spawn(&daemon_bin(), &args, &tb.daemon_env(&instance), false).unwrap();
+    untrusting.wait_ready(READY_TIMEOUT).await.unwrap();
+    stop_cleanly(&mut untrusting).await;
+    assert!(hook.received().is_empty());
+    assert!(
+        untrusting.log().contains("not delivered"),
+        "{}",
+        untrusting.log()
+    );
+
+    let mut env = tb.daemon_env(&instance);
+    env.push((
+        "SSL_CERT_FILE".into(),
+        hook.ca_file().unwrap().display().to_string(),
+    ));
+    let mut trusting = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
+    trusting.wait_ready(READY_TIMEOUT).await.unwrap();
+    let got = hook
+        .wait_for_delivered(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // An envelope body given as JSON: its strings are templates, the
+    // result is JSON whatever the values hold.
+    assert_eq!(
+        got[0].json(),
+        serde_json::json!({ "text": format!("app on {}: started", instance.meta.instance_id) })
+    );
+    assert_eq!(got[0].header("content-type"), Some("application/json"));
+    stop_cleanly(&mut trusting).await;
 }
