@@ -15,8 +15,9 @@ use crate::config::AddressMode;
 use crate::imds::InstanceFacts;
 use crate::retry::Backoff;
 
-/// Route53 allows about five requests a second per account: a fleet that
-/// boots together is throttled, and waits up to about a minute in all.
+/// Route53 allows about ten requests a second per account, and one change
+/// at a time per zone: a fleet that boots together is refused, and each
+/// daemon waits up to about a minute in all.
 const BACKOFF: Backoff = Backoff {
     attempts: 12,
     base: Duration::from_millis(250),

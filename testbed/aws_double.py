@@ -73,7 +73,7 @@ SETTINGS = copy.deepcopy(DEFAULTS)
 QUOTAS = {
     "ec2_mutating": {"rate": 5, "burst": 50},
     "ec2_other": {"rate": 20, "burst": 100},
-    "route53": {"rate": 10, "burst": 10},
+    "route53": {"rate": 10, "burst": 50},  # per account, as AWS documents it
 }
 
 CALLS = []  # {"t", "service", "action", "params", "outcome"}

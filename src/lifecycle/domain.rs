@@ -112,8 +112,10 @@ impl DomainRun {
                     .await;
                 self.failed_hooks_ran = true;
             }
-            if let Err(e) = dns::restore(&shared.clients.route53, &self.records).await {
-                tracing::error!("[{}] putting records back: {e:#}", self.domain.name);
+            match dns::restore(&shared.clients.route53, &self.records).await {
+                // The names are no longer this instance's.
+                Ok(_) => self.records.clear(),
+                Err(e) => tracing::error!("[{}] putting records back: {e:#}", self.domain.name),
             }
             volumes::rollback(&ctx, &self.volumes).await;
             for v in &mut self.volumes {

@@ -234,3 +234,52 @@ async fn webhooks_go_over_verified_https() {
     assert_eq!(got[0].header("content-type"), Some("application/json"));
     stop_cleanly(&mut trusting).await;
 }
+
+/// The example in `doc/events.md` is a valid event.
+#[test]
+fn the_documented_example_matches_the_schema() {
+    let doc = std::fs::read_to_string(repo_file("doc/events.md")).unwrap();
+    let example = doc
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("doc/events.md has a ```json example");
+    assert_valid_event(&serde_json::from_str(example).unwrap());
+}
+
+/// A domain that fails reports why, with what it had attached released and
+/// no records left pointing here.
+#[tokio::test]
+async fn a_failed_domain_reports_why() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let volume = tb.create_volume("a", 8).await.unwrap();
+    let zone = tb.create_hosted_zone("example.net").await.unwrap();
+    let hook = WebhookReceiver::start().await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "game.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "game": {{
+  "attach-volume": [{{ "device": "/dev/xvdf", "source": "x", "volume-id": "{volume}" }}],
+  "update-route53": [{{ "hostedzone": "{zone}", "name": "play.example.net" }},
+                     {{ "hostedzone": "Z00000000000000000NOPE", "name": "x.example.org" }}],
+  "notify": [{{ "backend": "webhook", "options": {{ "url": "{}" }} }}] }} }} }}"#,
+            hook.url("/fleet")
+        ),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
+    let got = hook
+        .wait_for_delivered(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let event = got[0].json();
+    assert_valid_event(&event);
+    assert_eq!(event["event"], "failed");
+    assert_eq!(event["volumes"][0]["released"], true);
+    assert_eq!(event["records"], serde_json::json!([]));
+    let errors = event["errors"].to_string();
+    assert!(errors.contains("NoSuchHostedZone"), "{errors}");
+}
