@@ -1102,7 +1102,8 @@ fn to_serde(node: &Node) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
+    use super::super::{Config, MacroValues};
+    use std::time::Duration;
 
     fn problems(text: &str) -> Vec<String> {
         match Config::from_text("t.jsonc", text) {
@@ -1247,5 +1248,55 @@ mod tests {
     fn both_hostname_spellings_conflict() {
         let p = problems(r#"{ "hostname": "a", "set-hostname": "b", "domains": {} }"#);
         assert_eq!(p.len(), 1, "{p:?}");
+    }
+
+    #[test]
+    fn webhook_and_record_options_are_checked() {
+        let p = problems(
+            r#"{ "domains": { "d": {
+            "update-route53": [{ "hostedzone": "Z1", "name": "a", "address": "pubic", "wait-insync": "yes" }],
+            "notify": [
+              { "backend": "webhook", "options": { "url": "ftp://x", "headers": { "Bad Header": "v" }, "retries": 11 } },
+              { "backend": "webhok", "options": {} },
+              { "backend": "aws-sqs", "options": { "queue-url": "https://q", "timeout": 0 } }
+            ] } } }"#,
+        );
+        let text = p.join("\n");
+        for expected in [
+            "unknown address \"pubic\"; did you mean \"public\"?",
+            "[\"wait-insync\"] expected true or false, found a string",
+            "is not an https:// (or http://) URL",
+            "\"Bad Header\" is not an HTTP header name",
+            ".retries expected a whole number from 0 to 10",
+            "unknown backend \"webhok\"; did you mean \"webhook\"?",
+            ".timeout expected seconds, more than 0 and at most 60",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+        }
+        assert_eq!(p.len(), 7, "{text}");
+    }
+
+    #[test]
+    fn a_json_body_renders_to_valid_json() {
+        let c = Config::from_text(
+            "t",
+            r#"{ "domains": { "d": { "notify": [{ "backend": "webhook",
+                "options": { "url": "https://hooks.example.com/x", "headers": { "X-Domain": "{domain}" } },
+                "envelope": { "body": { "text": "{domain}: {error}", "n": 3, "ok": true, "tags": ["{domain}"] } } }] } } }"#,
+        )
+        .unwrap();
+        let spec = &c.domains[0].notify[0];
+        let Some(super::Body::Json(body)) = &spec.body else {
+            panic!("a JSON body: {:?}", spec.body);
+        };
+        let mut values = MacroValues::default();
+        values.set("domain", "d");
+        values.set("error", "said \"no\"\nthen left");
+        assert_eq!(
+            body.render(&values),
+            serde_json::json!({ "text": "d: said \"no\"\nthen left", "n": 3, "ok": true, "tags": ["d"] })
+        );
+        assert_eq!(spec.retries, 3);
+        assert_eq!(spec.timeout, Duration::from_secs(5));
     }
 }

@@ -69,6 +69,9 @@ fn schema_rejects_what_check_rejects() {
         r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "q" }] } } }"#,
         r#"{ "hostname": "a", "set-hostname": "b", "domains": {} }"#,
         r#"{ "domains": { "d": { "notify": [{ "backend": "aws-sns", "options": { "queue-url": "x" } }] } } }"#,
+        r#"{ "domains": { "d": { "notify": [{ "backend": "webhook", "options": { "url": "ftp://x" } }] } } }"#,
+        r#"{ "domains": { "d": { "notify": [{ "backend": "webhook", "options": { "topic": "x" } }] } } }"#,
+        r#"{ "domains": { "d": { "update-route53": [{ "hostedzone": "Z1", "name": "a", "address": "elastic" }] } } }"#,
     ];
     let dir = tempdir();
     for (i, text) in bad.iter().enumerate() {
