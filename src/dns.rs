@@ -26,6 +26,9 @@ const BACKOFF: Backoff = Backoff {
 
 /// How often `wait-insync` asks, at most.
 const INSYNC_POLL_CAP: Duration = Duration::from_secs(10);
+/// How long `wait-insync` waits in all (Route53 is usually in sync within a
+/// minute); the init `timeout` may cut it sooner.
+const INSYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What to point one name at.
 #[derive(Debug, Clone)]
@@ -208,6 +211,30 @@ fn changes_for(placed: &Placed) -> Result<Vec<Change>> {
     Ok(changes)
 }
 
+/// What became of one target of [`upsert_zone`].
+pub struct Outcome {
+    pub index: usize,
+    /// Set: it must be put back if the domain fails.
+    pub placed: Option<Placed>,
+    /// Not set, or set but never `INSYNC`.
+    pub error: Option<anyhow::Error>,
+}
+
+fn outcome_of(index: usize, r: Result<Placed>) -> Outcome {
+    match r {
+        Ok(p) => Outcome {
+            index,
+            placed: Some(p),
+            error: None,
+        },
+        Err(e) => Outcome {
+            index,
+            placed: None,
+            error: Some(e),
+        },
+    }
+}
+
 /// Points a domain's names in one hosted zone at this instance: a read of
 /// each name, then one change batch for them all. If Route53 refuses the
 /// batch, each name is tried alone, so that one bad record fails only
@@ -217,7 +244,7 @@ pub async fn upsert_zone(
     route53: &aws_sdk_route53::Client,
     zone: &str,
     targets: &[RecordTarget],
-) -> Vec<(usize, Result<Placed>)> {
+) -> Vec<Outcome> {
     let prepared = futures_util::future::join_all(targets.iter().map(|t| async move {
         let ours = our_sets(t)?;
         if ours.is_empty() {
@@ -237,12 +264,12 @@ pub async fn upsert_zone(
         })
     }))
     .await;
-    let mut results: Vec<(usize, Result<Placed>)> = Vec::new();
+    let mut results: Vec<Outcome> = Vec::new();
     let mut ready = Vec::new();
     for (t, p) in targets.iter().zip(prepared) {
         match p {
             Ok(p) => ready.push((t, p)),
-            Err(e) => results.push((t.index, Err(e))),
+            Err(e) => results.push(outcome_of(t.index, Err(e))),
         }
     }
     let batch: Result<Vec<Change>> =
@@ -288,13 +315,17 @@ pub async fn upsert_zone(
                 };
                 match outcome {
                     Ok(id) => ready.push((t, Placed { change_id: id, ..p })),
-                    Err(f) => results.push((t.index, Err(f.error))),
+                    Err(f) => results.push(outcome_of(t.index, Err(f.error))),
                 }
             }
         }
         Err(f) => {
             let e = format!("{:#}", f.error);
-            results.extend(ready.iter().map(|(t, _)| (t.index, Err(anyhow!("{e}")))));
+            results.extend(
+                ready
+                    .iter()
+                    .map(|(t, _)| outcome_of(t.index, Err(anyhow!("{e}")))),
+            );
             return results;
         }
     }
@@ -305,9 +336,13 @@ pub async fn upsert_zone(
         } else {
             Ok(())
         };
-        results.push((t.index, synced.map(|()| p)));
+        results.push(Outcome {
+            index: t.index,
+            placed: Some(p),
+            error: synced.err(),
+        });
     }
-    results.sort_by_key(|(i, _)| *i);
+    results.sort_by_key(|o| o.index);
     results
 }
 
@@ -358,6 +393,12 @@ async fn wait_insync(route53: &aws_sdk_route53::Client, change_id: &str, name: &
                 started.elapsed().as_secs_f64()
             );
             return Ok(());
+        }
+        if started.elapsed() >= INSYNC_TIMEOUT {
+            anyhow::bail!(
+                "{name}: change {change_id} still not INSYNC after {}s",
+                INSYNC_TIMEOUT.as_secs()
+            );
         }
         if started.elapsed() >= next_note {
             tracing::info!(

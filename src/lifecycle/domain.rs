@@ -258,13 +258,16 @@ impl DomainRun {
         });
         let outcomes = futures_util::future::join_all(batches).await;
         let mut critical_error = None;
-        for (index, outcome) in outcomes.into_iter().flatten() {
-            match outcome {
-                Ok(placed) => self.records.push(placed),
-                Err(e) if self.domain.records[index].critical => {
+        for outcome in outcomes.into_iter().flatten() {
+            if let Some(placed) = outcome.placed {
+                self.records.push(placed);
+            }
+            match outcome.error {
+                None => {}
+                Some(e) if self.domain.records[outcome.index].critical => {
                     critical_error.get_or_insert(e);
                 }
-                Err(e) => {
+                Some(e) => {
                     tracing::warn!("[{}] non-critical record skipped: {e:#}", self.domain.name);
                     self.errors
                         .push(format!("non-critical record skipped: {e:#}"));
