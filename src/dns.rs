@@ -84,6 +84,12 @@ fn fqdn(name: &str) -> String {
     format!("{}.", name.trim_end_matches('.'))
 }
 
+/// A name as Route53 matches it: without regard to case, and with `*`
+/// however it comes back (Route53 answers a wildcard as `\052`).
+fn comparable(name: &str) -> String {
+    fqdn(&name.replace("\\052", "*").to_ascii_lowercase())
+}
+
 const TYPES: [RrType; 2] = [RrType::A, RrType::Aaaa];
 
 /// The current A and AAAA sets of `name`.
@@ -103,11 +109,11 @@ async fn current(
     })
     .await
     .map_err(|e| route53_error("ListResourceRecordSets", name, zone, &e))?;
-    let want = fqdn(name);
+    let want = comparable(name);
     Ok(out
         .resource_record_sets()
         .iter()
-        .filter(|r| r.name() == want && TYPES.contains(r.r#type()))
+        .filter(|r| comparable(r.name()) == want && TYPES.contains(r.r#type()))
         .cloned()
         .collect())
 }
@@ -239,11 +245,14 @@ fn outcome_of(index: usize, r: Result<Placed>) -> Outcome {
 /// each name, then one change batch for them all. If Route53 refuses the
 /// batch, each name is tried alone, so that one bad record fails only
 /// itself. With `wait_insync` on a target, waits for its change to be
-/// `INSYNC`. Returns each target's outcome, in order.
+/// `INSYNC`. `sent` hears of each name as soon as its change is made, before
+/// any wait, so that what is cut short can still be put back. Returns each
+/// target's outcome, in order.
 pub async fn upsert_zone(
     route53: &aws_sdk_route53::Client,
     zone: &str,
     targets: &[RecordTarget],
+    sent: &(dyn Fn(&Placed) + Sync),
 ) -> Vec<Outcome> {
     let prepared = futures_util::future::join_all(targets.iter().map(|t| async move {
         let ours = our_sets(t)?;
@@ -328,6 +337,9 @@ pub async fn upsert_zone(
             );
             return results;
         }
+    }
+    for (_, p) in &ready {
+        sent(p);
     }
     for (t, p) in ready {
         log_placed(&p, t.ttl);
@@ -560,6 +572,19 @@ mod tests {
             private_ipv4: Some("10.0.0.7".into()),
             ..InstanceFacts::default()
         }
+    }
+
+    #[test]
+    fn names_compare_as_route53_matches_them() {
+        assert_eq!(
+            comparable("Play.Example.COM"),
+            comparable("play.example.com.")
+        );
+        assert_eq!(
+            comparable("\\052.example.com."),
+            comparable("*.example.com")
+        );
+        assert_ne!(comparable("a.example.com"), comparable("b.example.com"));
     }
 
     #[test]

@@ -192,6 +192,15 @@ impl Event {
     pub fn from_name(name: &str) -> Option<Event> {
         Event::ALL.into_iter().find(|e| e.name() == name)
     }
+
+    /// Whether the daemon exits after this event's hooks (the only moments
+    /// `detach-on` and `delete-on` can act).
+    pub fn ends_the_daemon(self) -> bool {
+        matches!(
+            self,
+            Event::Failed | Event::Stopping | Event::Interrupted | Event::Terminating
+        )
+    }
 }
 
 impl fmt::Display for Event {

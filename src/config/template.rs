@@ -129,6 +129,18 @@ impl Template {
         out
     }
 
+    /// The template as an IAM wildcard pattern: its text, with `*` where
+    /// a macro stands (whatever the macro may expand to).
+    pub fn wildcard(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                Part::Macro(_) => "*",
+            })
+            .collect()
+    }
+
     /// The text before any macro, when the template is all literal.
     pub fn as_literal(&self) -> Option<&str> {
         match self.parts.as_slice() {

@@ -478,7 +478,7 @@ impl Validator {
         let detach_on = obj
             .get("detach-on")
             .map(|n| {
-                self.events(n, &key_path(path, "detach-on"))
+                self.final_events(n, &key_path(path, "detach-on"))
                     .unwrap_or_default()
             })
             .unwrap_or_default();
@@ -592,7 +592,7 @@ impl Validator {
         let delete_on = obj
             .get("delete-on")
             .map(|n| {
-                self.events(n, &key_path(path, "delete-on"))
+                self.final_events(n, &key_path(path, "delete-on"))
                     .unwrap_or_default()
             })
             .unwrap_or_default();
@@ -649,6 +649,38 @@ impl Validator {
                 None
             }
         }
+    }
+
+    /// A list of the events that end the daemon (`detach-on`,
+    /// `delete-on`): one that does not would never release anything.
+    fn final_events(&mut self, node: &Node, path: &str) -> Option<Vec<Event>> {
+        let events = self.events(node, path)?;
+        let items = self.array(node, path)?;
+        for (i, item) in items.iter().enumerate() {
+            let Json::String(name) = &item.value else {
+                continue;
+            };
+            match Event::from_name(name) {
+                Some(e) if !e.ends_the_daemon() => {
+                    let ending: Vec<&str> = Event::ALL
+                        .into_iter()
+                        .filter(|e| e.ends_the_daemon())
+                        .map(Event::name)
+                        .collect();
+                    self.problem(
+                        item.at,
+                        &index_path(path, i),
+                        format!(
+                            "{name:?} does not end the daemon, so nothing would be released then; \
+                             the events that do: {}",
+                            ending.join(", ")
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
+        Some(events.into_iter().filter(|e| e.ends_the_daemon()).collect())
     }
 
     /// A list of event names.

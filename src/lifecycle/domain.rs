@@ -25,9 +25,27 @@ pub struct Shared {
     pub base_values: MacroValues,
     /// This run's transaction ID, marked on what it attaches until commit.
     pub transaction_id: String,
+    /// Records set by this run, by domain, noted as each change is sent:
+    /// what an init cut short (timeout, notice, signal) still holds.
+    pub placed: std::sync::Mutex<Vec<(String, dns::Placed)>>,
 }
 
 impl Shared {
+    /// Takes what the run noted as set for `domain` (every domain: `None`).
+    pub fn take_records(&self, domain: Option<&str>) -> Vec<dns::Placed> {
+        let mut placed = self.placed.lock().expect("not poisoned");
+        let (taken, kept) = std::mem::take(&mut *placed)
+            .into_iter()
+            .partition(|(d, _)| domain.is_none_or(|want| want == d));
+        *placed = kept;
+        taken.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// The domain's records were put back: nothing of it to undo later.
+    pub fn forget_records(&self, domain: &str) {
+        self.take_records(Some(domain));
+    }
+
     pub fn volume_ctx<'a>(&'a self, domain: &'a str) -> volumes::Ctx<'a> {
         volumes::Ctx {
             ec2: &self.clients.ec2,
@@ -53,6 +71,7 @@ pub fn blocks_for(domain: &Domain, event: Event) -> Vec<&ExecBlock> {
 }
 
 /// A domain and what it holds.
+#[derive(Clone)]
 pub struct DomainRun {
     pub domain: Domain,
     pub values: MacroValues,
@@ -114,7 +133,10 @@ impl DomainRun {
             }
             match dns::restore(&shared.clients.route53, &self.records).await {
                 // The names are no longer this instance's.
-                Ok(_) => self.records.clear(),
+                Ok(_) => {
+                    self.records.clear();
+                    shared.forget_records(&self.domain.name);
+                }
                 Err(e) => tracing::error!("[{}] putting records back: {e:#}", self.domain.name),
             }
             volumes::rollback(&ctx, &self.volumes).await;
@@ -254,7 +276,14 @@ impl DomainRun {
                 })
                 .collect();
             let route53 = &shared.clients.route53;
-            async move { dns::upsert_zone(route53, zone, &targets).await }
+            let domain = &self.domain.name;
+            async move {
+                let note = |p: &dns::Placed| {
+                    let mut placed = shared.placed.lock().expect("not poisoned");
+                    placed.push((domain.clone(), p.clone()));
+                };
+                dns::upsert_zone(route53, zone, &targets, &note).await
+            }
         });
         let outcomes = futures_util::future::join_all(batches).await;
         let mut critical_error = None;

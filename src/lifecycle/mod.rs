@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aws::{self, Clients};
 use crate::config::{Config, ConfigErrors, Event, MacroValues};
+use crate::dns;
 use crate::hooks::{OnFailure, Policy};
 use crate::imds::{ImdsClient, InstanceFacts, Observation, Watcher};
 use crate::systemd;
@@ -110,6 +111,7 @@ pub async fn run(options: Options) -> Outcome {
         facts,
         device_root: options.device_root.clone(),
         transaction_id,
+        placed: Default::default(),
     });
     let daemon = Daemon {
         config,
@@ -117,6 +119,7 @@ pub async fn run(options: Options) -> Outcome {
         options,
         imds,
         signals,
+        started_notes: Default::default(),
     };
     daemon.live().await
 }
@@ -136,7 +139,12 @@ struct Daemon {
     options: Options,
     imds: Arc<ImdsClient>,
     signals: Signals,
+    /// The `started` notifications, sent while the watch runs.
+    started_notes: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// How long the end waits for `started` notifications still being retried.
+const STARTED_NOTES_GRACE: Duration = Duration::from_secs(10);
 
 impl Daemon {
     async fn live(self) -> Outcome {
@@ -149,8 +157,16 @@ impl Daemon {
         let deadline = self.config.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut watcher = Watcher::new(self.imds.clone(), self.options.poll_interval);
 
+        // A config without volumes has none to clean up (and needs no EC2
+        // permission at all).
+        let has_volumes = self.config.domains.iter().any(|d| !d.volumes.is_empty());
         let bring_up = async {
-            match self.sweep(false).await {
+            let swept = if has_volumes {
+                self.sweep(false).await
+            } else {
+                Ok(0)
+            };
+            match swept {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("cleaned up {n} volume(s) left by an interrupted run"),
                 // Bring-up still tries: what it needs may be unaffected.
@@ -170,12 +186,13 @@ impl Daemon {
                     .await;
             }
             // Dropping the bring-up ends its hooks (they are killed on drop).
+            // The records it set stay with the runs, for `delete-on`.
             Phase::Stopped => {
                 return self
-                    .finish(State::Stopping, self.fresh_runs(), None, None)
+                    .finish(State::Stopping, self.runs_after_cut(), None, None)
                     .await
             }
-            Phase::Ended(o) => return self.end_by(state, o, self.fresh_runs()).await,
+            Phase::Ended(o) => return self.end_by(state, o, self.runs_after_cut()).await,
         };
 
         self.set_hostname(&runs);
@@ -187,6 +204,9 @@ impl Daemon {
             Phase::Done(Ok(())) => {}
             Phase::Done(Err(e)) | Phase::TimedOut(e) => {
                 let failed = state.next(Input::InitFailed).expect("started → failed");
+                // Clients must not be sent to an application that did not
+                // start. (The volumes stay: the hooks mounted them.)
+                self.put_back_records(&mut runs).await;
                 return self.finish(failed, runs, Some(e), None).await;
             }
             Phase::Stopped => {
@@ -195,6 +215,18 @@ impl Daemon {
             }
             Phase::Ended(o) => return self.end_by(state, o, runs).await,
         }
+        // Notifications go out while the watch begins: a slow or unreachable
+        // endpoint holds neither READY nor the watch for a notice.
+        let (shared, snapshot) = (self.shared.clone(), runs.clone());
+        let notes = tokio::spawn(async move {
+            futures_util::future::join_all(
+                snapshot
+                    .iter()
+                    .map(|r| r.notify(&shared, Event::Started, None)),
+            )
+            .await;
+        });
+        *self.started_notes.lock().expect("not poisoned") = Some(notes);
         let took = started_at.elapsed().as_secs_f64();
         let line =
             format!("started: {n} domain(s) up in {took:.2}s; watching for spot interruptions");
@@ -389,6 +421,37 @@ impl Daemon {
             Ok(n) => tracing::warn!("init timed out: rolled back {n} volume(s)"),
             Err(e) => tracing::error!("init timed out; rolling back: {e:#}"),
         }
+        self.restore_records(self.shared.take_records(None), "init timed out")
+            .await;
+    }
+
+    /// Fresh runs that still hold the records an init cut short had set.
+    fn runs_after_cut(&self) -> Vec<DomainRun> {
+        let mut runs = self.fresh_runs();
+        for run in &mut runs {
+            run.records = self.shared.take_records(Some(&run.domain.name));
+        }
+        runs
+    }
+
+    /// Every domain's records back to what they held before this instance.
+    async fn put_back_records(&self, runs: &mut [DomainRun]) {
+        let placed: Vec<_> = runs
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.records))
+            .collect();
+        self.shared.take_records(None);
+        self.restore_records(placed, "started hooks failed").await;
+    }
+
+    async fn restore_records(&self, placed: Vec<dns::Placed>, why: &str) {
+        if placed.is_empty() {
+            return;
+        }
+        match dns::restore(&self.shared.clients.route53, &placed).await {
+            Ok(names) => tracing::warn!("{why}: put back {}", names.join(", ")),
+            Err(e) => tracing::error!("{why}; putting records back: {e:#}"),
+        }
     }
 
     /// Undoes uncommitted volume work: this run's (`current`), or what
@@ -405,7 +468,7 @@ impl Daemon {
         .await
     }
 
-    /// `started` hooks of every domain in parallel, then notifications.
+    /// `started` hooks of every domain in parallel.
     async fn started(&self, runs: &mut [DomainRun]) -> Result<()> {
         let policy = &Policy::new(OnFailure::Stop);
         let results = futures_util::future::join_all(runs.iter_mut().map(|r| async move {
@@ -426,11 +489,6 @@ impl Daemon {
         if !errors.is_empty() {
             return Err(anyhow!("started hooks failed: {}", errors.join("; ")));
         }
-        futures_util::future::join_all(
-            runs.iter()
-                .map(|r| r.notify(&self.shared, Event::Started, None)),
-        )
-        .await;
         Ok(())
     }
 
@@ -505,6 +563,8 @@ impl Daemon {
         let until = deadline.map(|d| {
             tokio::time::Instant::now() + d.duration_since(SystemTime::now()).unwrap_or_default()
         });
+        // `started` before this event, for whoever reads them in order.
+        self.settle_started_notes(until).await;
         futures_util::future::join_all(runs.iter().map(|r| r.notify(&self.shared, event, until)))
             .await;
         if failed_hooks > 0 {
@@ -516,6 +576,20 @@ impl Daemon {
                 tracing::info!("{event}: done");
                 Outcome::Clean(state)
             }
+        }
+    }
+
+    /// `started` notifications still being retried get a short grace (at
+    /// most until `until`), then are given up: the daemon is about to exit.
+    async fn settle_started_notes(&self, until: Option<tokio::time::Instant>) {
+        let Some(mut notes) = self.started_notes.lock().expect("not poisoned").take() else {
+            return;
+        };
+        let grace = tokio::time::Instant::now() + STARTED_NOTES_GRACE;
+        let until = until.map_or(grace, |u| u.min(grace));
+        if tokio::time::timeout_at(until, &mut notes).await.is_err() {
+            notes.abort();
+            tracing::warn!("started notifications still being retried: given up");
         }
     }
 

@@ -72,6 +72,9 @@ fn schema_rejects_what_check_rejects() {
         r#"{ "domains": { "d": { "notify": [{ "backend": "webhook", "options": { "url": "ftp://x" } }] } } }"#,
         r#"{ "domains": { "d": { "notify": [{ "backend": "webhook", "options": { "topic": "x" } }] } } }"#,
         r#"{ "domains": { "d": { "update-route53": [{ "hostedzone": "Z1", "name": "a", "address": "elastic" }] } } }"#,
+        // Only events that end the daemon can release anything.
+        r#"{ "domains": { "d": { "update-route53": [{ "hostedzone": "Z1", "name": "a", "delete-on": ["rebalance"] }] } } }"#,
+        r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "x", "volume-id": "vol-1", "detach-on": ["started"] }] } } }"#,
     ];
     let dir = tempdir();
     for (i, text) in bad.iter().enumerate() {
@@ -139,6 +142,23 @@ fn check_reports_every_error_with_path_and_position() {
         assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
     }
     assert!(err.contains("3 errors"), "{err}");
+}
+
+#[test]
+fn release_events_must_end_the_daemon() {
+    let dir = tempdir();
+    let path = write_config(
+        dir.path(),
+        "release.jsonc",
+        r#"{ "domains": { "d": {
+  "update-route53": [{ "hostedzone": "Z1", "name": "a", "delete-on": ["interrupted", "maintenance"] }] } } }"#,
+    );
+    let (code, _, err) = check(&[&path]);
+    assert_eq!(code, 78);
+    assert!(
+        err.contains(r#"[0]["delete-on"][1]: "maintenance" does not end the daemon, so nothing would be released then; the events that do: failed, stopping, interrupted, terminating"#),
+        "{err}"
+    );
 }
 
 #[test]

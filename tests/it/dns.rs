@@ -296,3 +296,115 @@ async fn set_record(tb: &Testbed, zone: &str, name: &str, kind: RrType, value: &
         .await
         .unwrap();
 }
+
+/// An application that does not start must not get the clients: the
+/// records go back to what they held.
+#[tokio::test]
+async fn failed_started_hooks_put_the_records_back() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let zone = tb.create_hosted_zone("example.com").await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    set_record(&tb, &zone, "play.example.com", RrType::A, "192.0.2.50").await;
+    let double = tb.double.clone().unwrap();
+    double.clear_calls().await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "game.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "game": {{
+                "update-route53": [{{ "hostedzone": "{zone}", "name": "play.example.com" }}],
+                "exec": [{{ "on": ["started"], "lines": [{{ "argv": ["/bin/false"] }}] }}] }} }} }}"#
+        ),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
+    let changes = changes_sent(&double).await;
+    assert_eq!(changes.len(), 2, "pointed here, then put back: {changes:?}");
+    assert!(changes[0].contains(instance.meta.public_ipv4.as_deref().unwrap()));
+    assert_eq!(
+        tb.record_values(&zone, "play.example.com", "A")
+            .await
+            .unwrap(),
+        vec!["192.0.2.50"]
+    );
+    assert!(
+        d.log()
+            .contains("started hooks failed: put back play.example.com A"),
+        "{}",
+        d.log()
+    );
+}
+
+/// An init cut short while waiting for INSYNC: by its timeout, the record
+/// is put back; by a spot notice, `delete-on` still deletes it.
+#[tokio::test]
+async fn an_init_cut_short_still_answers_for_its_records() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let zone = tb.create_hosted_zone("example.com").await.unwrap();
+    let double = tb.double.clone().unwrap();
+    double
+        .configure(serde_json::json!({"delays": {"route53_insync": 120.0}}))
+        .await
+        .unwrap();
+    set_record(&tb, &zone, "play.example.com", RrType::A, "192.0.2.50").await;
+    let dir = tempdir();
+    let record = format!(
+        r#"{{ "hostedzone": "{zone}", "name": "play.example.com", "wait-insync": true, "delete-on": ["interrupted"] }}"#
+    );
+
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let config = write_config(
+        dir.path(),
+        "timeout.jsonc",
+        &format!(
+            r#"{{ "timeout": 3, "domains": {{ "game": {{ "update-route53": [ {record} ] }} }} }}"#
+        ),
+    );
+    double.clear_calls().await.unwrap();
+    let mut d = spawn_run(&tb, &instance, &config);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
+    assert_eq!(changes_sent(&double).await.len(), 2, "{}", d.log());
+    assert_eq!(
+        tb.record_values(&zone, "play.example.com", "A")
+            .await
+            .unwrap(),
+        vec!["192.0.2.50"]
+    );
+    assert!(
+        d.log()
+            .contains("init timed out: put back play.example.com A"),
+        "{}",
+        d.log()
+    );
+
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let config = records_config(dir.path(), &record);
+    double.clear_calls().await.unwrap();
+    let mut d = spawn_run(&tb, &instance, &config);
+    while changes_sent(&double).await.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    instance.imds.raise_spot_interruption("terminate", 120);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+    assert!(
+        tb.record_values(&zone, "play.example.com", "A")
+            .await
+            .unwrap()
+            .is_empty(),
+        "{}",
+        d.log()
+    );
+}
+
+/// The bodies of the ChangeResourceRecordSets calls so far.
+async fn changes_sent(double: &ec2fleetd_testbed::double::DoubleControl) -> Vec<String> {
+    double
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.action == "ChangeResourceRecordSets" && c.outcome == "answered")
+        .map(|c| c.params["body"].as_str().unwrap_or_default().to_string())
+        .collect()
+}

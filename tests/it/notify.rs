@@ -180,6 +180,36 @@ async fn failing_endpoints_do_not_change_the_outcome() {
     }
 }
 
+/// An endpoint that takes the connection and never answers holds neither
+/// READY nor the init timeout: notifications go out while the watch runs.
+#[tokio::test]
+async fn a_hanging_endpoint_holds_nothing_up() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    // Connections wait in the backlog: nothing ever reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "app.jsonc",
+        &format!(
+            r#"{{ "timeout": 3, "domains": {{ "app": {{
+  "exec": [{{ "on": ["started"], "lines": [{{ "argv": ["/bin/true"] }}] }}],
+  "notify": [{{ "backend": "webhook",
+                "options": {{ "url": "http://127.0.0.1:{port}/hook", "timeout": 2, "retries": 2 }} }}] }} }} }}"#
+        ),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    // Past the init timeout, with the notification still being tried.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(d.child.try_wait().unwrap().is_none(), "{}", d.log());
+    stop_cleanly(&mut d).await;
+    assert!(d.log().contains("attempt 1 of 3 failed"), "{}", d.log());
+    drop(silent);
+}
+
 /// HTTPS: the webhook's certificate must be trusted. A daemon that does not
 /// trust its CA delivers nothing (and still comes up); one told to trust it
 /// (`SSL_CERT_FILE`) delivers.

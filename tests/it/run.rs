@@ -59,10 +59,18 @@ async fn minecraft() -> Minecraft {
 }
 
 /// SNS messages that reached the queue: (subject, message).
+/// The notifications waiting in the topic's queue; waits (up to ten
+/// seconds) for the first, as they go out once the daemon is up.
 async fn sns_messages(tb: &Testbed, queue: &str) -> Vec<(String, serde_json::Value)> {
-    tb.drain_queue(queue)
-        .await
-        .unwrap()
+    let mut bodies = Vec::new();
+    for _ in 0..100 {
+        bodies = tb.drain_queue(queue).await.unwrap();
+        if !bodies.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    bodies
         .iter()
         .map(|body| {
             let envelope: serde_json::Value = serde_json::from_str(body).unwrap();
