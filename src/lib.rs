@@ -3,7 +3,8 @@
 //! The modules follow the data: [`config`] and [`imds`] bring the config and
 //! the instance's facts in; [`volumes`] (EC2), [`dns`] (Route53),
 //! [`hooks`] (processes) and [`notify`] (SNS, SQS, webhooks) each do one job;
-//! [`lifecycle`] owns the order; [`systemd`] reports it. [`aws`] is the one
+//! [`lifecycle`] owns the order; [`systemd`] reports it; [`policy`] derives
+//! the IAM policy a config needs. [`aws`] is the one
 //! place SDK clients are made; [`retry`] paces the calls worth repeating.
 
 pub mod aws;
@@ -13,6 +14,7 @@ pub mod hooks;
 pub mod imds;
 pub mod lifecycle;
 pub mod notify;
+pub mod policy;
 pub mod retry;
 pub mod systemd;
 pub mod volumes;

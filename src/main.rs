@@ -1,13 +1,16 @@
-//! The `ec2fleetd` command line: `run` the daemon, `check` configs.
+//! The `ec2fleetd` command line: `run` the daemon, `check` configs, `drill`
+//! a shutdown, print the IAM `policy` a config needs, and the shell
+//! completions and man page made from this definition.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use ec2fleetd::config::Config;
 use ec2fleetd::lifecycle::{self, ConfigSource, Outcome};
+use ec2fleetd::policy;
 
 /// EX_CONFIG from sysexits.h: the config is bad.
 const EXIT_CONFIG: u8 = 78;
@@ -66,6 +69,27 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Print the least-privilege IAM policy (JSON) the config needs.
+    Policy {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The fleet's region, to narrow EC2 and SQS ARNs (default: any).
+        #[arg(long, value_name = "REGION", default_value = "*")]
+        region: String,
+        /// The fleet's AWS account ID, to narrow EC2 ARNs (default: any).
+        #[arg(long, value_name = "ID", default_value = "*")]
+        account: String,
+        /// The ARN partition: aws, aws-cn, aws-us-gov.
+        #[arg(long, value_name = "NAME", default_value = "aws")]
+        partition: String,
+    },
+    /// Print the completion script for a shell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Manpage,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -82,6 +106,37 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Check { files } => check(&files),
+        Command::Policy {
+            config,
+            region,
+            account,
+            partition,
+        } => print_policy(
+            &config,
+            &policy::Scope {
+                partition,
+                region,
+                account,
+            },
+        ),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "ec2fleetd",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             config,
             device_root,
@@ -148,6 +203,32 @@ fn check(files: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::from(EXIT_CONFIG)
     }
+}
+
+/// `policy`: a bad config fails as with `check`.
+fn print_policy(file: &std::path::Path, scope: &policy::Scope) -> ExitCode {
+    let config = match Config::from_file(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let document = policy::for_config(&config, scope);
+    if document["Statement"]
+        .as_array()
+        .is_some_and(|s| s.is_empty())
+    {
+        eprintln!(
+            "note: {} makes no AWS call: the instance role needs no permission for ec2fleetd",
+            file.display()
+        );
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&document).expect("a JSON value serializes")
+    );
+    ExitCode::SUCCESS
 }
 
 /// Logs to stderr; under systemd (journal) without our own timestamps.

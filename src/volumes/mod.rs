@@ -11,7 +11,7 @@ mod cleanup;
 mod create;
 mod device;
 mod pool;
-mod tags;
+pub mod tags;
 
 pub use cleanup::sweep;
 pub use pool::{order_candidates, Candidate};

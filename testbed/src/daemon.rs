@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 use crate::notify_socket::NotifySocket;
 
 pub struct DaemonProcess {
-    child: Child,
+    pub child: Child,
     readers: Vec<tokio::task::JoinHandle<()>>,
     pub notify: NotifySocket,
     log: Arc<Mutex<Vec<String>>>,
@@ -33,11 +33,24 @@ pub fn uts_namespace_available() -> bool {
 
 impl DaemonProcess {
     /// Starts `bin args…` with `env`; with `own_uts` in a new UTS namespace.
+    /// Its output is kept and echoed to stderr.
     pub fn spawn(
         bin: &Path,
         args: &[&str],
         env: &[(String, String)],
         own_uts: bool,
+    ) -> Result<DaemonProcess> {
+        Self::spawn_with(bin, args, env, own_uts, true)
+    }
+
+    /// As [`DaemonProcess::spawn`]; `echo` false keeps the output without
+    /// printing it (benchmarks run dozens at once).
+    pub fn spawn_with(
+        bin: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        own_uts: bool,
+        echo: bool,
     ) -> Result<DaemonProcess> {
         let dir = tempfile::Builder::new()
             .prefix("ec2fleetd-run-")
@@ -86,7 +99,9 @@ impl DaemonProcess {
             readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("  | {line}");
+                    if echo {
+                        eprintln!("  | {line}");
+                    }
                     log.lock().unwrap().push(line);
                 }
             }));

@@ -3,8 +3,9 @@
 //! it, [`double`] steers it), an IMDSv2 emulator ([`imds`]), a simulated
 //! fleet built from both ([`world`]), and a way to run the daemon against it
 //! and watch what it tells systemd ([`daemon`], [`notify_socket`]), and a
-//! receiver for its webhooks ([`webhook`]).
+//! receiver for its webhooks ([`webhook`]); and the benchmarks ([`mod@bench`]).
 
+pub mod bench;
 pub mod daemon;
 pub mod double;
 pub mod imds;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use ec2fleetd_testbed::bench;
 use ec2fleetd_testbed::daemon::DaemonProcess;
 use ec2fleetd_testbed::imds::{ImdsEmulator, InstanceMeta};
 use ec2fleetd_testbed::world::Testbed;
@@ -33,6 +34,38 @@ enum Command {
         /// Serve this file as the user data.
         #[arg(long, value_name = "FILE")]
         user_data: Option<PathBuf>,
+    },
+    /// Run the benchmarks of BENCHMARKS.md and print their tables.
+    Bench {
+        /// The ec2fleetd binary (default: next to this one).
+        #[arg(long)]
+        daemon: Option<PathBuf>,
+        /// Also run the Python daemon through this runner script
+        /// (bench/python/run-python-daemon).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Scenarios: init, reaction, idle, cold, fleet.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "init,reaction,idle,cold,fleet"
+        )]
+        scenarios: Vec<String>,
+        /// Runs of each measurement.
+        #[arg(long, default_value = "5")]
+        runs: usize,
+        /// Domain counts for the init scenario.
+        #[arg(long, value_delimiter = ',', default_value = "1,5,20,50")]
+        domains: Vec<usize>,
+        /// Trials of the reaction scenario.
+        #[arg(long, default_value = "50")]
+        trials: usize,
+        /// How long the idle scenario watches.
+        #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        /// Daemons in the fleet scenario.
+        #[arg(long, default_value = "50")]
+        fleet: usize,
     },
     /// Run the seed Minecraft config through a whole instance life on moto
     /// and the IMDS emulator: boot, attach, DNS, hooks, notice, shutdown.
@@ -70,6 +103,35 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Demo { daemon, example } => demo(daemon, example).await,
+        Command::Bench {
+            daemon,
+            python,
+            scenarios,
+            runs,
+            domains,
+            trials,
+            idle,
+            fleet,
+        } => {
+            let daemon = match daemon {
+                Some(d) => d,
+                None => std::env::current_exe()?.with_file_name("ec2fleetd"),
+            };
+            let mut subjects = vec![bench::Subject::Rust { bin: daemon }];
+            if let Some(runner) = python {
+                subjects.push(bench::Subject::Python { runner });
+            }
+            let options = bench::Options {
+                subjects,
+                scenarios,
+                runs,
+                domain_counts: domains,
+                trials,
+                idle,
+                fleet,
+            };
+            bench::run(&options).await
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod fleet;
 mod imds;
 mod lifecycle;
 mod notify;
+mod policy;
 mod pools;
 mod run;
 mod units;

@@ -1,0 +1,458 @@
+//! `ec2fleetd policy`: the least-privilege IAM policy for a config. Only the
+//! actions its domains need, each on the resources the config names: volumes
+//! by ID or by their pool tag, Route53 by hosted zone and record name, SNS
+//! topics and SQS queues by ARN. `doc/iam.md` explains every statement.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use crate::config::{Backend, Config, VolumeSource};
+use crate::volumes::tags;
+
+/// Where the fleet runs; each part narrows the ARNs (`*`: any).
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub partition: String,
+    pub region: String,
+    pub account: String,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope {
+            partition: "aws".into(),
+            region: "*".into(),
+            account: "*".into(),
+        }
+    }
+}
+
+/// What the config asks of AWS, gathered over every domain.
+#[derive(Default)]
+struct Needs {
+    given: BTreeSet<String>,
+    pools: BTreeSet<String>,
+    created_pools: BTreeSet<String>,
+    snapshots: BTreeSet<String>,
+    /// Hosted zone → normalized record names (macros as `*`).
+    zones: BTreeMap<String, BTreeSet<String>>,
+    wait_insync: bool,
+    topics: BTreeSet<String>,
+    queues: BTreeSet<String>,
+}
+
+impl Needs {
+    fn of(config: &Config, scope: &Scope) -> Needs {
+        let mut n = Needs::default();
+        for d in &config.domains {
+            for v in &d.volumes {
+                for source in &v.sources {
+                    match source {
+                        VolumeSource::Given => n.given.extend(v.volume_id.clone()),
+                        VolumeSource::Pool => n.pools.extend(v.pool_name.clone()),
+                        VolumeSource::Create => {
+                            // Created volumes join the pool: claimed, tagged
+                            // and released like its other volumes.
+                            n.pools.extend(v.pool_name.clone());
+                            n.created_pools.extend(v.pool_name.clone());
+                            let snapshot = v.create.as_ref().and_then(|c| c.get("SnapshotId"));
+                            n.snapshots
+                                .extend(snapshot.and_then(Value::as_str).map(String::from));
+                        }
+                    }
+                }
+            }
+            for r in &d.records {
+                n.zones
+                    .entry(r.hosted_zone.clone())
+                    .or_default()
+                    .insert(normalized_name(&r.name.wildcard()));
+                n.wait_insync |= r.wait_insync;
+            }
+            for spec in &d.notify {
+                match &spec.backend {
+                    Backend::Sns { topic_arn } => {
+                        n.topics.insert(topic_arn.clone());
+                    }
+                    Backend::Sqs { queue_url } => {
+                        n.queues
+                            .insert(queue_arn(queue_url, spec.region.as_deref(), scope));
+                    }
+                    Backend::Webhook { .. } => {}
+                }
+            }
+        }
+        n
+    }
+}
+
+/// The name as Route53's condition keys see it: lower case, no final dot.
+fn normalized_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The ARN of the queue at `url`. The region comes from the URL's host
+/// (`sqs.REGION.amazonaws.com`, `REGION.queue.amazonaws.com`, or the old
+/// `queue.amazonaws.com` of us-east-1), else `options.region`, else the
+/// scope's; the account and name from its path.
+pub fn queue_arn(url: &str, region: Option<&str>, scope: &Scope) -> String {
+    let parsed = reqwest::Url::parse(url).ok();
+    let host = parsed
+        .as_ref()
+        .and_then(|u| u.host_str())
+        .unwrap_or_default()
+        .to_string();
+    let path: Vec<String> = parsed
+        .as_ref()
+        .and_then(|u| u.path_segments())
+        .map(|s| s.filter(|p| !p.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
+    let labels: Vec<&str> = host.split('.').collect();
+    let from_host = match labels.as_slice() {
+        ["sqs", region, "amazonaws", ..] => Some(region.to_string()),
+        [region, "queue", "amazonaws", ..] => Some(region.to_string()),
+        ["queue", "amazonaws", ..] => Some("us-east-1".to_string()),
+        _ => None,
+    };
+    let partition = if host.ends_with(".amazonaws.com.cn") {
+        "aws-cn"
+    } else {
+        scope.partition.as_str()
+    };
+    let region = from_host
+        .or(region.map(String::from))
+        .unwrap_or_else(|| scope.region.clone());
+    let (account, name) = match path.as_slice() {
+        [account, name] => (account.as_str(), name.as_str()),
+        _ => ("*", "*"),
+    };
+    format!("arn:{partition}:sqs:{region}:{account}:{name}")
+}
+
+fn statement(sid: &str, actions: &[&str], resources: Vec<String>) -> Value {
+    json!({ "Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources })
+}
+
+fn with_condition(mut statement: Value, condition: Value) -> Value {
+    statement["Condition"] = condition;
+    statement
+}
+
+/// The policy document for `config`.
+pub fn for_config(config: &Config, scope: &Scope) -> Value {
+    let n = Needs::of(config, scope);
+    let Scope {
+        partition: p,
+        region: r,
+        account: a,
+    } = scope;
+    let volume_arn = |id: &str| format!("arn:{p}:ec2:{r}:{a}:volume/{id}");
+    let pool_tag = format!("aws:ResourceTag/{}", tags::POOL_NAME);
+    let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>();
+    let mut statements = Vec::new();
+
+    let uses_volumes = !n.given.is_empty() || !n.pools.is_empty();
+    if uses_volumes {
+        statements.push(statement(
+            "FindVolumes",
+            &["ec2:DescribeVolumes"],
+            vec!["*".into()],
+        ));
+        statements.push(statement(
+            "AttachToInstances",
+            &["ec2:AttachVolume", "ec2:DetachVolume"],
+            vec![format!("arn:{p}:ec2:{r}:{a}:instance/*")],
+        ));
+    }
+    // Claims are marked and unmarked with these tags only: never
+    // `in-transit`, which would make a volume deletable.
+    let marks = json!({ "ForAllValues:StringEquals": { "aws:TagKeys":
+        [tags::TRANSACTION, tags::LAST_USED, tags::IN_TRANSIT] } });
+    let set_marks = json!({ "ForAllValues:StringEquals": { "aws:TagKeys":
+        [tags::TRANSACTION, tags::LAST_USED] } });
+    const ATTACH: [&str; 2] = ["ec2:AttachVolume", "ec2:DetachVolume"];
+    let mut holding = |sid: &str, resources: Vec<String>, scope: Option<Value>| {
+        let scoped = |s: Value, extra: Value| {
+            let mut condition = scope.clone().unwrap_or_else(|| json!({}));
+            for (k, v) in extra.as_object().expect("an object") {
+                condition[k] = v.clone();
+            }
+            if condition.as_object().is_some_and(|c| c.is_empty()) {
+                s
+            } else {
+                with_condition(s, condition)
+            }
+        };
+        statements.push(scoped(
+            statement(sid, &ATTACH, resources.clone()),
+            json!({}),
+        ));
+        statements.push(scoped(
+            statement(
+                &format!("{sid}Mark"),
+                &["ec2:CreateTags"],
+                resources.clone(),
+            ),
+            set_marks.clone(),
+        ));
+        statements.push(scoped(
+            statement(&format!("{sid}Unmark"), &["ec2:DeleteTags"], resources),
+            marks.clone(),
+        ));
+    };
+    if !n.given.is_empty() {
+        holding(
+            "GivenVolumes",
+            n.given.iter().map(|id| volume_arn(id)).collect(),
+            None,
+        );
+    }
+    if !n.pools.is_empty() {
+        holding(
+            "PoolVolumes",
+            vec![volume_arn("*")],
+            Some(json!({ "StringEquals": { &pool_tag: list(&n.pools) } })),
+        );
+    }
+    if !n.created_pools.is_empty() {
+        statements.push(with_condition(
+            statement(
+                "CreateIntoPools",
+                &["ec2:CreateVolume"],
+                vec![volume_arn("*")],
+            ),
+            json!({ "StringEquals": {
+                format!("aws:RequestTag/{}", tags::POOL_NAME): list(&n.created_pools) } }),
+        ));
+        if !n.snapshots.is_empty() {
+            statements.push(statement(
+                "CreateFromSnapshots",
+                &["ec2:CreateVolume"],
+                n.snapshots
+                    .iter()
+                    .map(|s| format!("arn:{p}:ec2:{r}::snapshot/{s}"))
+                    .collect(),
+            ));
+        }
+        statements.push(with_condition(
+            statement("TagOnCreate", &["ec2:CreateTags"], vec![volume_arn("*")]),
+            json!({ "StringEquals": { "ec2:CreateAction": "CreateVolume" } }),
+        ));
+        statements.push(with_condition(
+            statement(
+                "DeleteUncommittedVolumes",
+                &["ec2:DeleteVolume"],
+                vec![volume_arn("*")],
+            ),
+            json!({ "StringEquals": {
+                &pool_tag: list(&n.created_pools),
+                format!("aws:ResourceTag/{}", tags::IN_TRANSIT): "true" } }),
+        ));
+    }
+
+    let zone_arn = |z: &str| format!("arn:{p}:route53:::hostedzone/{z}");
+    for (i, (zone, names)) in n.zones.iter().enumerate() {
+        statements.push(with_condition(
+            statement(
+                &format!("Records{}", i + 1),
+                &["route53:ChangeResourceRecordSets"],
+                vec![zone_arn(zone)],
+            ),
+            json!({
+                "ForAllValues:StringLike": {
+                    "route53:ChangeResourceRecordSetsNormalizedRecordNames": list(names) },
+                "ForAllValues:StringEquals": {
+                    "route53:ChangeResourceRecordSetsRecordTypes": ["A", "AAAA"],
+                    "route53:ChangeResourceRecordSetsActions": ["CREATE", "UPSERT", "DELETE"] }
+            }),
+        ));
+    }
+    if !n.zones.is_empty() {
+        statements.push(statement(
+            "ReadRecords",
+            &["route53:ListResourceRecordSets"],
+            n.zones.keys().map(|z| zone_arn(z)).collect(),
+        ));
+    }
+    if n.wait_insync {
+        statements.push(statement(
+            "WaitInSync",
+            &["route53:GetChange"],
+            vec![format!("arn:{p}:route53:::change/*")],
+        ));
+    }
+    if !n.topics.is_empty() {
+        statements.push(statement("Publish", &["sns:Publish"], list(&n.topics)));
+    }
+    if !n.queues.is_empty() {
+        statements.push(statement(
+            "SendMessages",
+            &["sqs:SendMessage"],
+            list(&n.queues),
+        ));
+    }
+    json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Value {
+        let config = Config::from_text("test", text).expect("valid config");
+        for_config(&config, &Scope::default())
+    }
+
+    fn sids(p: &Value) -> Vec<&str> {
+        p["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["Sid"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_config_without_aws_work_needs_nothing() {
+        let p = policy(r#"{ "domains": { "a": { "exec": [] } } }"#);
+        assert_eq!(p["Statement"], json!([]));
+    }
+
+    #[test]
+    fn a_given_volume_is_named_by_its_arn_and_nothing_is_created() {
+        let p = policy(
+            r#"{ "domains": { "a": { "attach-volume": [
+                { "device": "/dev/xvdf", "source": "x", "volume-id": "vol-0123456789abcdef0" } ] } } }"#,
+        );
+        assert_eq!(
+            sids(&p),
+            [
+                "FindVolumes",
+                "AttachToInstances",
+                "GivenVolumes",
+                "GivenVolumesMark",
+                "GivenVolumesUnmark"
+            ]
+        );
+        assert_eq!(
+            p["Statement"][3]["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"],
+            json!(["user:ec2fd.transc-id", "user:ec2fd.ts-used"])
+        );
+        assert_eq!(
+            p["Statement"][2]["Resource"],
+            json!(["arn:aws:ec2:*:*:volume/vol-0123456789abcdef0"])
+        );
+        assert!(!p.to_string().contains("CreateVolume"));
+        assert!(!p.to_string().contains("DeleteVolume"));
+    }
+
+    #[test]
+    fn pools_are_scoped_by_their_tag_and_only_created_volumes_may_be_deleted() {
+        let p = policy(
+            r#"{ "domains": { "a": { "attach-volume": [
+                { "device": "/dev/xvdf", "source": "p", "pool-name": "worlds" },
+                { "device": "/dev/xvdg", "source": "pc", "pool-name": "chains",
+                  "create": { "Size": 10, "SnapshotId": "snap-0abc" } } ] } } }"#,
+        );
+        let s = &p["Statement"];
+        assert_eq!(
+            sids(&p),
+            [
+                "FindVolumes",
+                "AttachToInstances",
+                "PoolVolumes",
+                "PoolVolumesMark",
+                "PoolVolumesUnmark",
+                "CreateIntoPools",
+                "CreateFromSnapshots",
+                "TagOnCreate",
+                "DeleteUncommittedVolumes"
+            ]
+        );
+        assert_eq!(
+            s[2]["Condition"]["StringEquals"]["aws:ResourceTag/user:ec2fd.pool-name"],
+            json!(["chains", "worlds"])
+        );
+        // Marking keeps the pool scope and may not set `in-transit`.
+        assert_eq!(
+            s[3]["Condition"]["StringEquals"]["aws:ResourceTag/user:ec2fd.pool-name"],
+            json!(["chains", "worlds"])
+        );
+        assert!(!s[3]["Condition"].to_string().contains("in-transit"));
+        assert_eq!(
+            s[5]["Condition"]["StringEquals"]["aws:RequestTag/user:ec2fd.pool-name"],
+            json!(["chains"])
+        );
+        assert_eq!(
+            s[6]["Resource"],
+            json!(["arn:aws:ec2:*::snapshot/snap-0abc"])
+        );
+        assert_eq!(
+            s[8]["Condition"]["StringEquals"]["aws:ResourceTag/user:ec2fd.in-transit"],
+            "true"
+        );
+    }
+
+    #[test]
+    fn records_are_scoped_by_zone_and_name_with_macros_as_wildcards() {
+        let p = policy(
+            r#"{ "domains": { "a": { "update-route53": [
+                { "hostedzone": "Z1", "name": "Node-{instance_index}.Example.com." },
+                { "hostedzone": "Z1", "name": "www.example.com", "wait-insync": true },
+                { "hostedzone": "Z2", "name": "b.example.org" } ] } } }"#,
+        );
+        assert_eq!(
+            sids(&p),
+            ["Records1", "Records2", "ReadRecords", "WaitInSync"]
+        );
+        let s = &p["Statement"];
+        assert_eq!(s[0]["Resource"], json!(["arn:aws:route53:::hostedzone/Z1"]));
+        assert_eq!(
+            s[0]["Condition"]["ForAllValues:StringLike"]
+                ["route53:ChangeResourceRecordSetsNormalizedRecordNames"],
+            json!(["node-*.example.com", "www.example.com"])
+        );
+        assert_eq!(s[2]["Resource"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn queue_urls_become_arns() {
+        let any = Scope::default();
+        let cases = [
+            (
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs",
+                None,
+                "arn:aws:sqs:eu-west-1:123456789012:jobs",
+            ),
+            (
+                "https://us-west-2.queue.amazonaws.com/123456789012/jobs",
+                None,
+                "arn:aws:sqs:us-west-2:123456789012:jobs",
+            ),
+            (
+                "https://queue.amazonaws.com/123456789012/jobs",
+                None,
+                "arn:aws:sqs:us-east-1:123456789012:jobs",
+            ),
+            (
+                "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/jobs",
+                None,
+                "arn:aws-cn:sqs:cn-north-1:123456789012:jobs",
+            ),
+            (
+                "http://127.0.0.1:5000/123456789012/jobs",
+                Some("ap-south-1"),
+                "arn:aws:sqs:ap-south-1:123456789012:jobs",
+            ),
+            (
+                "http://127.0.0.1:5000/123456789012/jobs",
+                None,
+                "arn:aws:sqs:*:123456789012:jobs",
+            ),
+        ];
+        for (url, region, arn) in cases {
+            assert_eq!(queue_arn(url, region, &any), arn, "{url}");
+        }
+    }
+}

@@ -1,0 +1,643 @@
+//! `ec2fleetd-testbed bench`: the scenarios of `BENCHMARKS.md`, run on the
+//! AWS test double and the IMDS emulator, each several times, against
+//! ec2fleetd and (where it can run here) the Python daemon it replaces.
+//! Prints one Markdown table per scenario: medians and spreads.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::daemon::DaemonProcess;
+use crate::double::Call;
+use crate::world::{SimInstance, Testbed};
+
+const REGION: &str = "us-east-1";
+const UP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What runs: ec2fleetd, or the Python daemon through its runner script.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    Rust { bin: PathBuf },
+    Python { runner: PathBuf },
+}
+
+impl Subject {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Subject::Rust { .. } => "ec2fleetd",
+            Subject::Python { .. } => "Python ec2fleetd",
+        }
+    }
+
+    fn spawn(&self, config: &Path, env: &[(String, String)]) -> Result<DaemonProcess> {
+        let config = config.display().to_string();
+        match self {
+            Subject::Rust { bin } => DaemonProcess::spawn_with(
+                bin,
+                &["run", "--config", &config, "--keep-hostname"],
+                env,
+                false,
+                false,
+            ),
+            Subject::Python { runner } => {
+                DaemonProcess::spawn_with(runner, &["--config", &config], env, false, false)
+            }
+        }
+    }
+
+    /// Waits until the daemon is up: READY=1 for ec2fleetd; for the Python
+    /// daemon, its `started` hook having run (`marker` exists).
+    async fn wait_up(&self, d: &mut DaemonProcess, marker: &Path) -> Result<()> {
+        match self {
+            Subject::Rust { .. } => d.wait_ready(UP_TIMEOUT).await,
+            Subject::Python { .. } => {
+                let end = Instant::now() + UP_TIMEOUT;
+                while !marker.exists() {
+                    if Instant::now() > end {
+                        bail!("not up within {UP_TIMEOUT:?}; log:\n{}", d.log());
+                    }
+                    if let Ok(Some(status)) = d.child.try_wait() {
+                        bail!("exited ({status}) before it was up; log:\n{}", d.log());
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How the benchmark runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub subjects: Vec<Subject>,
+    pub scenarios: Vec<String>,
+    pub runs: usize,
+    pub domain_counts: Vec<usize>,
+    pub trials: usize,
+    pub idle: Duration,
+    pub fleet: usize,
+}
+
+pub async fn run(opts: &Options) -> Result<()> {
+    println!("# ec2fleetd benchmarks\n");
+    println!("{}\n", machine());
+    for scenario in &opts.scenarios {
+        match scenario.as_str() {
+            "init" => init(opts).await?,
+            "reaction" => reaction(opts).await?,
+            "idle" => idle(opts).await?,
+            "cold" => cold(opts).await?,
+            "fleet" => fleet(opts).await?,
+            other => bail!("unknown scenario {other:?} (init, reaction, idle, cold, fleet)"),
+        }
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.to_string()))
+        .unwrap_or_default();
+    format!(
+        "Machine: {cpus} CPUs ({model}); {}",
+        mem.replace("MemTotal:", "memory").trim()
+    )
+}
+
+// ------------------------------------------------------------------ stats
+
+/// Median and spread of a sample.
+struct Stats {
+    sorted: Vec<f64>,
+}
+
+impl Stats {
+    fn of(mut values: Vec<f64>) -> Stats {
+        values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        Stats { sorted: values }
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        if self.sorted.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.sorted.len() - 1) as f64 * q).round() as usize;
+        self.sorted[i]
+    }
+
+    fn median(&self) -> f64 {
+        self.quantile(0.5)
+    }
+
+    fn min(&self) -> f64 {
+        self.sorted.first().copied().unwrap_or(f64::NAN)
+    }
+
+    fn max(&self) -> f64 {
+        self.sorted.last().copied().unwrap_or(f64::NAN)
+    }
+
+    /// `median (min–max)` in seconds.
+    fn secs(&self) -> String {
+        format!(
+            "{:.3} s ({:.3}–{:.3})",
+            self.median(),
+            self.min(),
+            self.max()
+        )
+    }
+}
+
+// ----------------------------------------------------------- helpers
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// A distinct AttachVolume device name for domain `i` (`/dev/xvdf` …
+/// `/dev/xvdz`, then `/dev/xvdba` …).
+fn device_name(i: usize) -> String {
+    const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+    if i < 21 {
+        format!("/dev/xvd{}", LETTERS[5 + i] as char)
+    } else {
+        let j = i - 21;
+        format!(
+            "/dev/xvd{}{}",
+            LETTERS[1 + j / 26] as char,
+            LETTERS[j % 26] as char
+        )
+    }
+}
+
+fn stop(d: &DaemonProcess) {
+    let _ = d.signal(nix::sys::signal::Signal::SIGTERM);
+}
+
+async fn stop_and_wait(d: &mut DaemonProcess) {
+    stop(d);
+    let _ = d.wait_exit(Duration::from_secs(60)).await;
+}
+
+/// Resident memory now and at its peak, in KiB, and CPU seconds used.
+fn usage(pid: u32) -> Option<(u64, u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks;
+    Some((kib("VmRSS:")?, kib("VmHWM:")?, cpu))
+}
+
+/// Memory and CPU of a process and all its descendants (the Python
+/// daemon's runner may be a shell around it).
+fn tree_usage(pid: u32) -> (u64, u64, f64) {
+    let mut total = (0, 0, 0.0);
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Some((rss, hwm, cpu)) = usage(p) {
+            total.0 += rss;
+            total.1 += hwm;
+            total.2 += cpu;
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        stack.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    total
+}
+
+// ------------------------------------------------------ 1. init latency
+
+/// Per AWS call, attaching, and the device appearing after `attached`.
+const LATENCY: f64 = 0.1;
+const ATTACH: f64 = 0.5;
+const DEVICE: f64 = 0.2;
+
+/// A config of `n` domains, each with a volume from its own pool, a record
+/// and a `started` hook that touches `marker`.
+fn init_config(n: usize, pool: &str, zone: &str, marker: &Path) -> String {
+    let domains: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#""app-{i}": {{
+  "attach-volume": [{{ "device": "{dev}", "source": "p", "pool-name": "{pool}" }}],
+  "update-route53": [{{ "hostedzone": "{zone}", "name": "app-{i}.bench.example" }}],
+  "exec": [{{ "on": ["started"], "lines": [{{ "argv": ["/usr/bin/touch", "{marker}"] }}] }}]
+}}"#,
+                dev = device_name(i),
+                marker = marker.display()
+            )
+        })
+        .collect();
+    format!(r#"{{ "domains": {{ {} }} }}"#, domains.join(",\n"))
+}
+
+/// The calls one domain must make one after another, from a one-domain
+/// run's record: every call but the repeats of a poll (a DescribeVolumes or
+/// GetChange that asks again about the same thing).
+fn chain_calls(calls: &[Call]) -> usize {
+    let mut n = 0;
+    let mut last: Option<(&str, String)> = None;
+    for c in calls
+        .iter()
+        .filter(|c| c.service == "ec2" || c.service == "route53")
+    {
+        let key = (c.action.as_str(), c.params.to_string());
+        let repeat = last.as_ref().is_some_and(|l| l.0 == key.0 && l.1 == key.1)
+            && matches!(c.action.as_str(), "DescribeVolumes" | "GetChange");
+        if !repeat {
+            n += 1;
+        }
+        last = Some(key);
+    }
+    n
+}
+
+async fn init(opts: &Options) -> Result<()> {
+    println!("## 1. Init latency\n");
+    println!(
+        "N domains, each with a volume from a pool, a Route53 record and a `started` hook; \
+         {:.0} ms per AWS call, {:.0} ms `attaching`, {:.0} ms until the device appears. \
+         Wall time from process start to READY=1 (the Python daemon: to its last `started` hook); \
+         median (min–max) of {} runs.\n",
+        LATENCY * 1000.0,
+        ATTACH * 1000.0,
+        DEVICE * 1000.0,
+        opts.runs
+    );
+    let tb = Testbed::start(REGION).await?;
+    let double = tb
+        .double
+        .clone()
+        .context("the bench needs the AWS double")?;
+    let zone = tb.create_hosted_zone("bench.example").await?;
+    let mut bound = None;
+    println!("| subject | N | time to up | critical-path bound | ratio |");
+    println!("|---|---|---|---|---|");
+    for subject in &opts.subjects {
+        for &n in &opts.domain_counts {
+            let mut times = Vec::new();
+            for run in 0..opts.runs {
+                double.configure(json!({"reset": true})).await?;
+                let instance = tb.launch_instance("a", None).await?;
+                let pool = format!("pool-{}-{n}-{run}", subject.name().len());
+                for i in 0..n {
+                    tb.create_pool_volume("a", &format!("app-{i}"), &pool)
+                        .await?;
+                }
+                double
+                    .configure(json!({"latency_ms": LATENCY * 1000.0,
+                        "delays": {"attach": ATTACH, "device": DEVICE}}))
+                    .await?;
+                let dir = tempfile::tempdir()?;
+                let marker = dir.path().join("started");
+                let config = write(
+                    dir.path(),
+                    "bench.jsonc",
+                    &init_config(n, &pool, &zone, &marker),
+                )?;
+                double.clear_calls().await?;
+                let started = Instant::now();
+                let mut d = subject.spawn(&config, &tb.daemon_env(&instance))?;
+                subject.wait_up(&mut d, &marker).await?;
+                times.push(started.elapsed().as_secs_f64());
+                if n == 1 && bound.is_none() && matches!(subject, Subject::Rust { .. }) {
+                    let chain = chain_calls(&double.calls().await?);
+                    bound = Some((chain, chain as f64 * LATENCY + ATTACH + DEVICE));
+                }
+                double.configure(json!({"latency_ms": 0})).await?;
+                stop_and_wait(&mut d).await;
+            }
+            let s = Stats::of(times);
+            let (chain, b) = bound.unwrap_or((0, f64::NAN));
+            println!(
+                "| {} | {n} | {} | {b:.3} s ({chain} calls + attach + device) | {:.2} |",
+                subject.name(),
+                s.secs(),
+                s.median() / b
+            );
+        }
+    }
+    println!();
+    Ok(())
+}
+
+// ----------------------------------------------------------- 2. reaction
+
+async fn reaction(opts: &Options) -> Result<()> {
+    println!("## 2. Reaction to a spot notice\n");
+    println!(
+        "From the moment the IMDS emulator makes the notice visible to the first `interrupted` \
+         hook starting (its own clock: the mtime of the file it touches), at the daemon's default \
+         poll interval; the notice comes at a random moment; {} trials.\n",
+        opts.trials
+    );
+    let tb = Testbed::start(REGION).await?;
+    println!("| subject | p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    for subject in &opts.subjects {
+        let mut delays = Vec::new();
+        for _ in 0..opts.trials {
+            let instance = tb.launch_instance("a", None).await?;
+            let dir = tempfile::tempdir()?;
+            let (marker, hit) = (dir.path().join("started"), dir.path().join("interrupted"));
+            let config = write(
+                dir.path(),
+                "bench.jsonc",
+                &format!(
+                    r#"{{ "domains": {{ "app": {{ "exec": [
+                      {{ "on": ["started"], "lines": [{{ "argv": ["/usr/bin/touch", "{}"] }}] }},
+                      {{ "on": ["interrupted"], "lines": [{{ "argv": ["/usr/bin/touch", "{}"] }}] }} ] }} }} }}"#,
+                    marker.display(),
+                    hit.display()
+                ),
+            )?;
+            let mut d = subject.spawn(&config, &tb.daemon_env(&instance))?;
+            subject.wait_up(&mut d, &marker).await?;
+            tokio::time::sleep(Duration::from_millis(200 + fastrand_ms(1000))).await;
+            let raised = SystemTime::now();
+            instance.imds.raise_spot_interruption("terminate", 120);
+            let end = Instant::now() + Duration::from_secs(30);
+            while !hit.exists() {
+                if Instant::now() > end {
+                    bail!("no interrupted hook within 30 s; log:\n{}", d.log());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let ran = std::fs::metadata(&hit)?.modified()?;
+            delays.push(ran.duration_since(raised).unwrap_or_default().as_secs_f64());
+            let _ = d.wait_exit(Duration::from_secs(60)).await;
+        }
+        let s = Stats::of(delays);
+        println!(
+            "| {} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            subject.name(),
+            s.median() * 1000.0,
+            s.quantile(0.99) * 1000.0,
+            s.max() * 1000.0
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// A random number of milliseconds below `max`, from the clock's nanoseconds
+/// (enough to spread the notices over the poll interval).
+fn fastrand_ms(max: u64) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (nanos / 1000) % max
+}
+
+// --------------------------------------------------------------- 3. idle
+
+async fn idle(opts: &Options) -> Result<()> {
+    println!("## 3. Idle cost\n");
+    println!(
+        "Each subject with 1 and with 50 DNS-only domains, watching for {:.0} s after it is up \
+         (all at once); RSS sampled every second (summed over the daemon's process tree).\n",
+        opts.idle.as_secs_f64()
+    );
+    let tb = Testbed::start(REGION).await?;
+    let zone = tb.create_hosted_zone("idle.example").await?;
+    let mut running = Vec::new();
+    for subject in &opts.subjects {
+        for n in [1usize, 50] {
+            let instance = tb.launch_instance("a", None).await?;
+            let dir = tempfile::tempdir()?;
+            let marker = dir.path().join("started");
+            let domains: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(
+                        r#""app-{i}": {{ "update-route53": [{{ "hostedzone": "{zone}", "name": "app-{i}.idle.example" }}],
+                          "exec": [{{ "on": ["started"], "lines": [{{ "argv": ["/usr/bin/touch", "{}"] }}] }}] }}"#,
+                        marker.display()
+                    )
+                })
+                .collect();
+            let config = write(
+                dir.path(),
+                "bench.jsonc",
+                &format!(r#"{{ "domains": {{ {} }} }}"#, domains.join(",")),
+            )?;
+            let mut d = subject.spawn(&config, &tb.daemon_env(&instance))?;
+            subject.wait_up(&mut d, &marker).await?;
+            let pid = d.pid().context("the daemon is gone")?;
+            running.push((subject.name(), n, d, pid, instance, dir));
+        }
+    }
+    // Let start-up settle before measuring the steady state.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let first: Vec<(u64, u64, f64)> = running.iter().map(|r| tree_usage(r.3)).collect();
+    let started = Instant::now();
+    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); running.len()];
+    while started.elapsed() < opts.idle {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (i, r) in running.iter().enumerate() {
+            samples[i].push(tree_usage(r.3).0);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("| subject | domains | steady RSS (median) | peak RSS | CPU while watching |");
+    println!("|---|---|---|---|---|");
+    for (i, r) in running.iter().enumerate() {
+        let (_, peak, cpu) = tree_usage(r.3);
+        let rss = Stats::of(samples[i].iter().map(|&k| k as f64).collect());
+        println!(
+            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.3} % of a core |",
+            r.0,
+            r.1,
+            rss.median() / 1024.0,
+            peak as f64 / 1024.0,
+            (cpu - first[i].2) / elapsed * 100.0
+        );
+    }
+    for r in &mut running {
+        stop_and_wait(&mut r.2).await;
+    }
+    println!();
+    Ok(())
+}
+
+// --------------------------------------------------------- 4. cold start
+
+async fn cold(opts: &Options) -> Result<()> {
+    println!("## 4. Cold start\n");
+    println!(
+        "A config with `starting` and `started` hooks and no AWS work: process start to \
+         READY=1 (the Python daemon: to its `started` hook); {} runs.\n",
+        opts.runs.max(10)
+    );
+    let tb = Testbed::start(REGION).await?;
+    let instance = tb.launch_instance("a", None).await?;
+    println!("| subject | process start to up |");
+    println!("|---|---|");
+    for subject in &opts.subjects {
+        let mut times = Vec::new();
+        for _ in 0..opts.runs.max(10) {
+            let dir = tempfile::tempdir()?;
+            let marker = dir.path().join("started");
+            let config = write(
+                dir.path(),
+                "bench.jsonc",
+                &format!(
+                    r#"{{ "domains": {{ "app": {{ "exec": [
+                      {{ "on": ["starting"], "lines": [{{ "argv": ["/bin/true"] }}] }},
+                      {{ "on": ["started"], "lines": [{{ "argv": ["/usr/bin/touch", "{}"] }}] }} ] }} }} }}"#,
+                    marker.display()
+                ),
+            )?;
+            let started = Instant::now();
+            let mut d = subject.spawn(&config, &tb.daemon_env(&instance))?;
+            subject.wait_up(&mut d, &marker).await?;
+            times.push(started.elapsed().as_secs_f64());
+            stop_and_wait(&mut d).await;
+        }
+        let s = Stats::of(times);
+        println!(
+            "| {} | {:.1} ms ({:.1}–{:.1}) |",
+            subject.name(),
+            s.median() * 1000.0,
+            s.min() * 1000.0,
+            s.max() * 1000.0
+        );
+    }
+    println!();
+    Ok(())
+}
+
+// -------------------------------------------------------------- 5. fleet
+
+async fn fleet(opts: &Options) -> Result<()> {
+    let n = opts.fleet;
+    println!("## 5. Fleet\n");
+    println!(
+        "{n} daemons start at once, each claiming a volume from one pool of {n} and pointing its \
+         own name in one hosted zone, under AWS's API quotas (EC2 mutating 5/s after a burst of \
+         50, other EC2 calls 20/s after 100, Route53 10/s after 50); attach 0.5 s, device 0.2 s. \
+         Time until all are READY, next to the least time the quotas allow for the calls the \
+         daemons made (polls excluded); {} runs.\n",
+        opts.runs
+    );
+    let Some(Subject::Rust { bin }) = opts
+        .subjects
+        .iter()
+        .find(|s| matches!(s, Subject::Rust { .. }))
+    else {
+        bail!("the fleet scenario runs ec2fleetd only");
+    };
+    let subject = Subject::Rust { bin: bin.clone() };
+    println!("| daemons | all READY | quota bound | ratio |");
+    println!("|---|---|---|---|");
+    let mut times = Vec::new();
+    let mut bounds = Vec::new();
+    for run in 0..opts.runs {
+        let tb = Testbed::start(REGION).await?;
+        let double = tb
+            .double
+            .clone()
+            .context("the bench needs the AWS double")?;
+        let zone = tb.create_hosted_zone("fleet.example").await?;
+        let fleet: Vec<SimInstance> = tb.launch_fleet(n, &["a"]).await?;
+        let pool = format!("fleet-{run}");
+        for _ in 0..n {
+            tb.create_pool_volume("a", "node", &pool).await?;
+        }
+        double
+            .configure(json!({"real_quotas": true, "delays": {"attach": ATTACH, "device": DEVICE}}))
+            .await?;
+        double.clear_calls().await?;
+        let dir = tempfile::tempdir()?;
+        let started = Instant::now();
+        let mut daemons = Vec::new();
+        for (i, instance) in fleet.iter().enumerate() {
+            let config = write(
+                dir.path(),
+                &format!("node-{i}.jsonc"),
+                &format!(
+                    r#"{{ "domains": {{ "node": {{
+                      "attach-volume": [{{ "device": "/dev/xvdf", "source": "p", "pool-name": "{pool}" }}],
+                      "update-route53": [{{ "hostedzone": "{zone}", "name": "node-{i}.fleet.example" }}] }} }} }}"#
+                ),
+            )?;
+            daemons.push(subject.spawn(&config, &tb.daemon_env(instance))?);
+        }
+        for d in &mut daemons {
+            d.wait_ready(UP_TIMEOUT).await?;
+        }
+        times.push(started.elapsed().as_secs_f64());
+        bounds.push(quota_bound(&double.calls().await?));
+        double.configure(json!({"reset": true})).await?;
+        for d in &daemons {
+            stop(d);
+        }
+        for d in &mut daemons {
+            let _ = d.wait_exit(Duration::from_secs(60)).await;
+        }
+    }
+    let (s, b) = (Stats::of(times), Stats::of(bounds));
+    println!(
+        "| {n} | {} | {:.2} s | {:.2} |",
+        s.secs(),
+        b.median(),
+        s.median() / b.median()
+    );
+    println!();
+    Ok(())
+}
+
+/// The least time AWS's quotas allow for the calls answered (polls
+/// excluded): per bucket, the calls beyond its burst at its rate; plus one
+/// domain's attach and device time, which no quota shortens.
+fn quota_bound(calls: &[Call]) -> f64 {
+    let answered: Vec<&Call> = calls.iter().filter(|c| c.outcome == "answered").collect();
+    let count = |pred: &dyn Fn(&Call) -> bool| answered.iter().filter(|c| pred(c)).count() as f64;
+    let mutating = count(&|c| c.service == "ec2" && c.is_mutating());
+    // DescribeVolumes is mostly polling: left out, which only lowers the bound.
+    let other = count(&|c| c.service == "ec2" && !c.is_mutating() && c.action != "DescribeVolumes");
+    let route53 = count(&|c| c.service == "route53" && c.action != "GetChange");
+    let over = |calls: f64, burst: f64, rate: f64| ((calls - burst).max(0.0)) / rate;
+    [
+        over(mutating, 50.0, 5.0),
+        over(other, 100.0, 20.0),
+        over(route53, 50.0, 10.0),
+    ]
+    .into_iter()
+    .fold(0.0, f64::max)
+        + ATTACH
+        + DEVICE
+}
