@@ -562,3 +562,17 @@ fn completions_and_the_man_page_come_from_the_cli() {
     );
     assert!(man.contains("policy"), "{man}");
 }
+
+#[test]
+fn the_documented_example_is_what_policy_prints() {
+    let doc = std::fs::read_to_string(repo_file("doc/iam.md")).unwrap();
+    let example = doc.split("## Example").nth(1).unwrap();
+    let json = example.split("```json\n").nth(1).unwrap();
+    let json = json.split("```").next().unwrap();
+    let documented: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        documented,
+        policy_for(&repo_file("examples/pool-game-server.jsonc")),
+        "doc/iam.md's example is out of date"
+    );
+}
