@@ -1,7 +1,8 @@
 //! The typed JSON event: the body of every notification without an
 //! `envelope.body`. Documented in `doc/events.md`, described by
-//! `schema/event.schema.json`; [`VERSION`] changes when a field changes
-//! meaning or goes away (new fields may appear within a version).
+//! `schema/event.schema.json`; [`VERSION`] changes with any change to the
+//! format (a field added, removed or changed in meaning), as the schema
+//! admits no field it does not name.
 
 use std::collections::BTreeMap;
 

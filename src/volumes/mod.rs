@@ -87,15 +87,22 @@ pub async fn attach(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<AttachedVolume> 
     for &source in &spec.sources {
         let outcome = match source {
             VolumeSource::Given => attach_given(ctx, spec).await,
-            VolumeSource::Pool | VolumeSource::Create => match held_here(ctx, spec).await {
-                Ok(Some(held)) => Ok(held),
-                Ok(None) if source == VolumeSource::Pool => match pool::claim(ctx, spec).await {
-                    Ok(Some(claim)) => Ok(claim),
-                    Ok(None) => Err(SourceError::Unavailable("no free volume".into())),
+            // One look at the pool in this zone tells both whether a volume
+            // of it is attached here already and which are free.
+            VolumeSource::Pool | VolumeSource::Create => match pool::in_zone(ctx, spec).await {
+                Err(e) => Err(SourceError::Failed(e)),
+                Ok(in_zone) => match held_here(ctx, spec, &in_zone).await {
+                    Ok(Some(held)) => Ok(held),
+                    Ok(None) if source == VolumeSource::Pool => {
+                        match pool::claim(ctx, spec, in_zone).await {
+                            Ok(Some(claim)) => Ok(claim),
+                            Ok(None) => Err(SourceError::Unavailable("no free volume".into())),
+                            Err(e) => Err(SourceError::Failed(e)),
+                        }
+                    }
+                    Ok(None) => create::create(ctx, spec).await.map_err(SourceError::Failed),
                     Err(e) => Err(SourceError::Failed(e)),
                 },
-                Ok(None) => create::create(ctx, spec).await.map_err(SourceError::Failed),
-                Err(e) => Err(SourceError::Failed(e)),
             },
         };
         let claim = match outcome {
@@ -176,19 +183,12 @@ fn unix_now() -> u64 {
 }
 
 /// A pool volume of this domain already attached here (a restarted daemon).
-async fn held_here(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Option<Claim>> {
+async fn held_here(ctx: &Ctx<'_>, spec: &VolumeSpec, in_zone: &[Volume]) -> Result<Option<Claim>> {
     let pool = spec
         .pool_name
         .as_deref()
         .expect("validated: p and c have a pool-name");
-    let held = pool::pool_query(
-        ctx,
-        pool,
-        ("attachment.instance-id", &ctx.facts.instance_id),
-        "DescribeVolumes (held here)",
-    )
-    .await?;
-    for volume in &held {
+    for volume in in_zone {
         let id = volume.volume_id().unwrap_or_default();
         let Some(att) = volume
             .attachments()
@@ -535,7 +535,9 @@ async fn wait_attached(ctx: &Ctx<'_>, id: &str) -> Result<()> {
             );
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        // Gently: an attach takes a second or two, and a look that just
+        // misses it should not cost much more than that.
+        pause = (pause * 3 / 2).min(Duration::from_secs(1));
     }
 }
 

@@ -105,9 +105,29 @@ pub(super) async fn pool_query(
     Ok(out.volumes().to_vec())
 }
 
-/// Claims a free volume, trying again until `wait-available` has passed.
-/// `Ok(None)` when the pool had nothing free: the next source is tried.
-pub async fn claim(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Option<Claim>> {
+/// The volumes of the spec's pool (and of this domain) in this zone.
+pub async fn in_zone(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Vec<Volume>> {
+    let pool = spec
+        .pool_name
+        .as_deref()
+        .expect("validated: p and c have a pool-name");
+    pool_query(
+        ctx,
+        pool,
+        ("availability-zone", &ctx.facts.zone),
+        "DescribeVolumes (pool)",
+    )
+    .await
+}
+
+/// Claims a free volume of `volumes` (the pool as [`in_zone`] found it),
+/// looking again until `wait-available` has passed. `Ok(None)` when the
+/// pool had nothing free: the next source is tried.
+pub async fn claim(
+    ctx: &Ctx<'_>,
+    spec: &VolumeSpec,
+    mut volumes: Vec<Volume>,
+) -> Result<Option<Claim>> {
     let pool = spec
         .pool_name
         .as_deref()
@@ -115,13 +135,6 @@ pub async fn claim(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Option<Claim>> {
     let deadline = Instant::now() + spec.wait_available;
     let mut pause = Duration::from_millis(500);
     loop {
-        let volumes = pool_query(
-            ctx,
-            pool,
-            ("availability-zone", &ctx.facts.zone),
-            "DescribeVolumes (pool)",
-        )
-        .await?;
         let free: Vec<Candidate> = volumes
             .iter()
             .filter(|v| {
@@ -173,6 +186,7 @@ pub async fn claim(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Option<Claim>> {
         let jitter = Duration::from_millis(fastrand::u64(0..250));
         tokio::time::sleep((pause + jitter).min(deadline - now)).await;
         pause = (pause * 2).min(Duration::from_secs(5));
+        volumes = in_zone(ctx, spec).await?;
     }
 }
 

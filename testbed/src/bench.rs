@@ -217,6 +217,31 @@ fn usage(pid: u32) -> Option<(u64, u64, f64)> {
     Some((kib("VmRSS:")?, kib("VmHWM:")?, cpu))
 }
 
+/// Anonymous resident memory (heap, stacks: what the process itself holds,
+/// as opposed to pages of its executable and libraries), in KiB, summed over
+/// the process tree.
+fn anon_kib(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find(|l| l.starts_with("RssAnon:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        stack.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    total
+}
+
 /// Memory and CPU of a process and all its descendants (the Python
 /// daemon's runner may be a shell around it).
 fn tree_usage(pid: u32) -> (u64, u64, f64) {
@@ -254,7 +279,7 @@ fn init_config(n: usize, pool: &str, zone: &str, marker: &Path) -> String {
             format!(
                 r#""app-{i}": {{
   "attach-volume": [{{ "device": "{dev}", "source": "p", "pool-name": "{pool}" }}],
-  "update-route53": [{{ "hostedzone": "{zone}", "name": "app-{i}.bench.example" }}],
+  "update-route53": [{{ "hostedzone": "{zone}", "name": "app-{i}.bench.example", "ttl": 60 }}],
   "exec": [{{ "on": ["started"], "lines": [{{ "argv": ["/usr/bin/touch", "{marker}"] }}] }}]
 }}"#,
                 dev = device_name(i),
@@ -265,25 +290,28 @@ fn init_config(n: usize, pool: &str, zone: &str, marker: &Path) -> String {
     format!(r#"{{ "domains": {{ {} }} }}"#, domains.join(",\n"))
 }
 
-/// The calls one domain must make one after another, from a one-domain
-/// run's record: every call but the repeats of a poll (a DescribeVolumes or
-/// GetChange that asks again about the same thing).
-fn chain_calls(calls: &[Call]) -> usize {
-    let mut n = 0;
-    let mut last: Option<(&str, String)> = None;
-    for c in calls
+/// The calls one domain waits for, one after another, from a one-domain
+/// run's record: every call up to AttachVolume, then those made once the
+/// volume is attached and its device has appeared. What it sends while it
+/// waits for those (the claim's tags, the polls) costs no time of its own.
+/// Returns the chain, each call with its start in ms.
+fn chain_calls(calls: &[Call]) -> Vec<String> {
+    let calls: Vec<&Call> = calls
         .iter()
         .filter(|c| c.service == "ec2" || c.service == "route53")
-    {
-        let key = (c.action.as_str(), c.params.to_string());
-        let repeat = last.as_ref().is_some_and(|l| l.0 == key.0 && l.1 == key.1)
-            && matches!(c.action.as_str(), "DescribeVolumes" | "GetChange");
-        if !repeat {
-            n += 1;
-        }
-        last = Some(key);
-    }
-    n
+        .collect();
+    let t0 = calls.first().map_or(0.0, |c| c.t);
+    let attach = calls
+        .iter()
+        .find(|c| c.action == "AttachVolume")
+        .map_or(f64::MAX, |c| c.t);
+    // A little slack for the double's own answer time.
+    let waited = attach + LATENCY + ATTACH + DEVICE - 0.02;
+    calls
+        .iter()
+        .filter(|c| c.t <= attach || c.t >= waited)
+        .map(|c| format!("{} +{:.0}ms", c.action, (c.t - t0) * 1000.0))
+        .collect()
 }
 
 async fn init(opts: &Options) -> Result<()> {
@@ -336,6 +364,8 @@ async fn init(opts: &Options) -> Result<()> {
                 times.push(started.elapsed().as_secs_f64());
                 if n == 1 && bound.is_none() && matches!(subject, Subject::Rust { .. }) {
                     let chain = chain_calls(&double.calls().await?);
+                    println!("<!-- one domain's chain: {} -->", chain.join(" → "));
+                    let chain = chain.len();
                     bound = Some((chain, chain as f64 * LATENCY + ATTACH + DEVICE));
                 }
                 double.configure(json!({"latency_ms": 0})).await?;
@@ -443,7 +473,7 @@ async fn idle(opts: &Options) -> Result<()> {
             let domains: Vec<String> = (0..n)
                 .map(|i| {
                     format!(
-                        r#""app-{i}": {{ "update-route53": [{{ "hostedzone": "{zone}", "name": "app-{i}.idle.example" }}],
+                        r#""app-{i}": {{ "update-route53": [{{ "hostedzone": "{zone}", "name": "app-{i}.idle.example", "ttl": 60 }}],
                           "exec": [{{ "on": ["started"], "lines": [{{ "argv": ["/usr/bin/touch", "{}"] }}] }}] }}"#,
                         marker.display()
                     )
@@ -472,16 +502,19 @@ async fn idle(opts: &Options) -> Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    println!("| subject | domains | steady RSS (median) | peak RSS | CPU while watching |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| subject | domains | steady RSS (median) | of which heap and stacks | peak RSS | CPU while watching |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (i, r) in running.iter().enumerate() {
         let (_, peak, cpu) = tree_usage(r.3);
         let rss = Stats::of(samples[i].iter().map(|&k| k as f64).collect());
         println!(
-            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.3} % of a core |",
+            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.3} % of a core |",
             r.0,
             r.1,
             rss.median() / 1024.0,
+            anon_kib(r.3) as f64 / 1024.0,
             peak as f64 / 1024.0,
             (cpu - first[i].2) / elapsed * 100.0
         );
@@ -591,7 +624,7 @@ async fn fleet(opts: &Options) -> Result<()> {
                 &format!(
                     r#"{{ "domains": {{ "node": {{
                       "attach-volume": [{{ "device": "/dev/xvdf", "source": "p", "pool-name": "{pool}" }}],
-                      "update-route53": [{{ "hostedzone": "{zone}", "name": "node-{i}.fleet.example" }}] }} }} }}"#
+                      "update-route53": [{{ "hostedzone": "{zone}", "name": "node-{i}.fleet.example", "ttl": 60 }}] }} }} }}"#
                 ),
             )?;
             daemons.push(subject.spawn(&config, &tb.daemon_env(instance))?);

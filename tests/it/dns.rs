@@ -93,8 +93,14 @@ async fn a_failed_domain_puts_the_records_back() {
             {{ "hostedzone": "Z00000000000000000NOPE", "name": "x.example.org" }}"#
     );
     let config = write_config(dir.path(), "game.jsonc", &record_config(&zone, &extra));
+    let double = tb.double.clone().unwrap();
+    double.clear_calls().await.unwrap();
     let mut d = spawn_run(&tb, &instance, &config);
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
+    // The zone that exists was pointed here, then put back.
+    let changes = changes_sent(&double).await;
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(changes[0].contains("new.example.com"), "{changes:?}");
     assert_eq!(
         tb.record_values(&zone, "play.example.com", "A")
             .await

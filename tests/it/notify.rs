@@ -180,6 +180,39 @@ async fn failing_endpoints_do_not_change_the_outcome() {
     }
 }
 
+/// `matrix` turns events off per notification.
+#[tokio::test]
+async fn the_matrix_turns_events_off() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let all = WebhookReceiver::start().await.unwrap();
+    let some = WebhookReceiver::start().await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "app.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "app": {{ "notify": [
+  {{ "backend": "webhook", "options": {{ "url": "{all}" }} }},
+  {{ "backend": "webhook", "options": {{ "url": "{some}" }},
+     "matrix": {{ "started": {{ "enabled": false }} }} }} ] }} }} }}"#,
+            all = all.url("/all"),
+            some = some.url("/some")
+        ),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    stop_cleanly(&mut d).await;
+    let events = |r: &WebhookReceiver| -> Vec<String> {
+        r.received()
+            .iter()
+            .map(|m| m.json()["event"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(events(&all), ["started", "stopping"]);
+    assert_eq!(events(&some), ["stopping"]);
+}
+
 /// An endpoint that takes the connection and never answers holds neither
 /// READY nor the init timeout: notifications go out while the watch runs.
 #[tokio::test]
