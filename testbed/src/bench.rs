@@ -333,11 +333,13 @@ async fn init(opts: &Options) -> Result<()> {
         .context("the bench needs the AWS double")?;
     let zone = tb.create_hosted_zone("bench.example").await?;
     let mut bound = None;
-    println!("| subject | N | time to up | critical-path bound | ratio |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| subject | N | time to up | critical-path bound | ratio | CPU to up: daemon / AWS double |"
+    );
+    println!("|---|---|---|---|---|---|");
     for subject in &opts.subjects {
         for &n in &opts.domain_counts {
-            let mut times = Vec::new();
+            let (mut times, mut cpu, mut double_cpus) = (Vec::new(), Vec::new(), Vec::new());
             for run in 0..opts.runs {
                 double.configure(json!({"reset": true})).await?;
                 let instance = tb.launch_instance("a", None).await?;
@@ -358,10 +360,14 @@ async fn init(opts: &Options) -> Result<()> {
                     &init_config(n, &pool, &zone, &marker),
                 )?;
                 double.clear_calls().await?;
+                let double_cpu = tb.moto.pid().map_or(0.0, |p| tree_usage(p).2);
                 let started = Instant::now();
                 let mut d = subject.spawn(&config, &tb.daemon_env(&instance))?;
                 subject.wait_up(&mut d, &marker).await?;
                 times.push(started.elapsed().as_secs_f64());
+                let pid = d.pid().context("the daemon is gone")?;
+                cpu.push(tree_usage(pid).2);
+                double_cpus.push(tb.moto.pid().map_or(0.0, |p| tree_usage(p).2) - double_cpu);
                 if n == 1 && bound.is_none() && matches!(subject, Subject::Rust { .. }) {
                     let chain = chain_calls(&double.calls().await?);
                     println!("<!-- one domain's chain: {} -->", chain.join(" → "));
@@ -374,10 +380,12 @@ async fn init(opts: &Options) -> Result<()> {
             let s = Stats::of(times);
             let (chain, b) = bound.unwrap_or((0, f64::NAN));
             println!(
-                "| {} | {n} | {} | {b:.3} s ({chain} calls + attach + device) | {:.2} |",
+                "| {} | {n} | {} | {b:.3} s ({chain} calls + attach + device) | {:.2} | {:.2} s / {:.2} s |",
                 subject.name(),
                 s.secs(),
-                s.median() / b
+                s.median() / b,
+                Stats::of(cpu).median(),
+                Stats::of(double_cpus).median()
             );
         }
     }

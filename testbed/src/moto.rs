@@ -26,6 +26,13 @@ pub struct Moto {
     _data: tempfile::TempDir,
 }
 
+impl Moto {
+    /// The emulator's process, to see what it costs the machine.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
 /// Where `moto_server` is: `EC2FLEETD_MOTO_SERVER`, else the project's `.venv`
 /// (made by `scripts/setup-emulators`). The double runs on the Python beside it.
 pub fn server_path() -> PathBuf {
