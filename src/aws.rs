@@ -28,7 +28,15 @@ impl Clients {
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .timeout_config(timeouts)
-            .retry_config(RetryConfig::standard().with_max_attempts(4))
+            // EC2: a fleet booting together meets RequestLimitExceeded on
+            // the mutating calls (5 a second after a burst of 50) for tens
+            // of seconds: retried up to 20 times, 5 s apart at most, within the
+            // 40 s each call may take (so an endpoint that is not there fails too).
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(20)
+                    .with_max_backoff(Duration::from_secs(5)),
+            )
             .load()
             .await;
         Clients {

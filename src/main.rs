@@ -163,6 +163,7 @@ fn main() -> ExitCode {
 
 /// Runs `outcome` on the async runtime and turns it into the exit status.
 fn block_on(outcome: impl std::future::Future<Output = Outcome>) -> ExitCode {
+    limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -202,6 +203,18 @@ fn check(files: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_CONFIG)
+    }
+}
+
+/// Two malloc arenas, not one per thread: the blocking threads of a
+/// parallel bring-up would each leave an arena of freed memory behind, and
+/// the daemon then watches for hours at that size. Before any thread starts.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called while the
+    // process has one thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

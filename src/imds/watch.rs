@@ -44,7 +44,16 @@ pub struct Watcher {
     /// up is one event.
     seen: Vec<Observation>,
     failing: bool,
+    /// Looks for news so far: news is looked for on some of them only.
+    looks: u64,
 }
+
+/// A spot notice or a termination is looked for at every tick; news, which
+/// leaves minutes to days, less often: every 5th tick a rebalance
+/// recommendation, every 10th scheduled maintenance. Fewer requests while the
+/// daemon watches for hours.
+const REBALANCE_EVERY: u64 = 5;
+const MAINTENANCE_EVERY: u64 = 10;
 
 const SPOT: &str = "/latest/meta-data/spot/instance-action";
 const LIFECYCLE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
@@ -58,6 +67,7 @@ impl Watcher {
             interval,
             seen: Vec::new(),
             failing: false,
+            looks: 0,
         }
     }
 
@@ -122,15 +132,27 @@ impl Watcher {
         if final_only {
             return Ok(None);
         }
+        let look = self.looks;
+        self.looks += 1;
         let mut news = Vec::new();
-        if let Some(body) = self.imds.get(REBALANCE).await? {
+        let rebalance = if look % REBALANCE_EVERY == 0 {
+            self.imds.get(REBALANCE).await?
+        } else {
+            None
+        };
+        if let Some(body) = rebalance {
             let time = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["noticeTime"].as_str().map(String::from))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
             news.push(Observation::Rebalance(time));
         }
-        if let Some(body) = self.imds.get(MAINTENANCE).await? {
+        let maintenance = if look % MAINTENANCE_EVERY == 0 {
+            self.imds.get(MAINTENANCE).await?
+        } else {
+            None
+        };
+        if let Some(body) = maintenance {
             let text = String::from_utf8_lossy(&body).trim().to_string();
             let empty =
                 serde_json::from_str::<Vec<serde_json::Value>>(&text).is_ok_and(|v| v.is_empty());

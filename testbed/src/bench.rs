@@ -334,6 +334,7 @@ async fn init(opts: &Options) -> Result<()> {
     for subject in &opts.subjects {
         for &n in &opts.domain_counts {
             let (mut times, mut cpu, mut double_cpus) = (Vec::new(), Vec::new(), Vec::new());
+            let mut failures: Vec<String> = Vec::new();
             for run in 0..opts.runs {
                 // A fresh AWS double each time: what earlier runs left
                 // would make its every query slower.
@@ -364,7 +365,20 @@ async fn init(opts: &Options) -> Result<()> {
                 let double_cpu = tb.moto.pid().map_or(0.0, |p| tree_usage(p).2);
                 let started = Instant::now();
                 let mut d = subject.spawn(&config, &tb.daemon_env(&instance))?;
-                subject.wait_up(&mut d, &marker).await?;
+                if let Err(e) = subject.wait_up(&mut d, &marker).await {
+                    // Reported with the figures; the other runs go on.
+                    let why = format!("{e:#}");
+                    let line = why
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains("Error") || l.contains("error"))
+                        .unwrap_or("did not come up")
+                        .trim()
+                        .to_string();
+                    failures.push(line);
+                    stop_and_wait(&mut d).await;
+                    continue;
+                }
                 times.push(started.elapsed().as_secs_f64());
                 let pid = d.pid().context("the daemon is gone")?;
                 cpu.push(tree_usage(pid).2);
@@ -388,6 +402,15 @@ async fn init(opts: &Options) -> Result<()> {
                 Stats::of(cpu).median(),
                 Stats::of(double_cpus).median()
             );
+            if !failures.is_empty() {
+                println!(
+                    "| {} | {n} | {} of {} runs failed: {} | | | |",
+                    subject.name(),
+                    failures.len(),
+                    opts.runs,
+                    failures[0].replace('|', "/")
+                );
+            }
         }
     }
     println!();

@@ -41,8 +41,9 @@ async fn news_runs_hooks_once_and_the_watch_goes_on() {
     instance.imds.set_maintenance(
         serde_json::json!([{ "Code": "system-reboot", "EventId": "instance-event-1" }]),
     );
-    // Both notices stay up for many polls: each is still one event.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Both notices stay up for many polls (news is looked for every 5th
+    // and 10th poll): each is still one event.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     d.signal(Signal::SIGTERM).unwrap();
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
     assert_eq!(events_of(&log), ["rebalance", "maintenance", "stopping"]);
