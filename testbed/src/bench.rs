@@ -217,20 +217,13 @@ fn usage(pid: u32) -> Option<(u64, u64, f64)> {
     Some((kib("VmRSS:")?, kib("VmHWM:")?, cpu))
 }
 
-/// Anonymous resident memory (heap, stacks: what the process itself holds,
-/// as opposed to pages of its executable and libraries), in KiB, summed over
-/// the process tree.
-fn anon_kib(pid: u32) -> u64 {
-    let mut total = 0;
+/// A process and all its descendants (the Python daemon's runner may be a
+/// shell around it).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = Vec::new();
     let mut stack = vec![pid];
     while let Some(p) = stack.pop() {
-        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-        total += status
-            .lines()
-            .find(|l| l.starts_with("RssAnon:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        tree.push(p);
         let children =
             std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
         stack.extend(
@@ -239,27 +232,33 @@ fn anon_kib(pid: u32) -> u64 {
                 .filter_map(|c| c.parse::<u32>().ok()),
         );
     }
-    total
+    tree
 }
 
-/// Memory and CPU of a process and all its descendants (the Python
-/// daemon's runner may be a shell around it).
+/// Anonymous resident memory (heap, stacks: what the process itself holds,
+/// as opposed to pages of its executable and libraries), in KiB, summed over
+/// the process tree.
+fn anon_kib(pid: u32) -> u64 {
+    process_tree(pid)
+        .into_iter()
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            status
+                .lines()
+                .find(|l| l.starts_with("RssAnon:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Memory and CPU of a process tree.
 fn tree_usage(pid: u32) -> (u64, u64, f64) {
     let mut total = (0, 0, 0.0);
-    let mut stack = vec![pid];
-    while let Some(p) = stack.pop() {
-        if let Some((rss, hwm, cpu)) = usage(p) {
-            total.0 += rss;
-            total.1 += hwm;
-            total.2 += cpu;
-        }
-        let children =
-            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        stack.extend(
-            children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok()),
-        );
+    for (rss, hwm, cpu) in process_tree(pid).into_iter().filter_map(usage) {
+        total.0 += rss;
+        total.1 += hwm;
+        total.2 += cpu;
     }
     total
 }
