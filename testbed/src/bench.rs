@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::daemon::DaemonProcess;
-use crate::double::Call;
+use crate::double::{Call, DoubleControl};
 use crate::world::{SimInstance, Testbed};
 
 const REGION: &str = "us-east-1";
@@ -186,6 +186,17 @@ fn device_name(i: usize) -> String {
     }
 }
 
+/// A new testbed on a fresh AWS double, with a hosted zone `zone_name`.
+async fn fresh_world(zone_name: &str) -> Result<(Testbed, DoubleControl, String)> {
+    let tb = Testbed::start(REGION).await?;
+    let double = tb
+        .double
+        .clone()
+        .context("the bench needs the AWS double")?;
+    let zone = tb.create_hosted_zone(zone_name).await?;
+    Ok((tb, double, zone))
+}
+
 fn stop(d: &DaemonProcess) {
     let _ = d.signal(nix::sys::signal::Signal::SIGTERM);
 }
@@ -337,12 +348,7 @@ async fn init(opts: &Options) -> Result<()> {
             for run in 0..opts.runs {
                 // A fresh AWS double each time: what earlier runs left
                 // would make its every query slower.
-                let tb = Testbed::start(REGION).await?;
-                let double = tb
-                    .double
-                    .clone()
-                    .context("the bench needs the AWS double")?;
-                let zone = tb.create_hosted_zone("bench.example").await?;
+                let (tb, double, zone) = fresh_world("bench.example").await?;
                 let instance = tb.launch_instance("a", None).await?;
                 let pool = format!("pool-{}-{n}-{run}", subject.name().len());
                 for i in 0..n {
@@ -630,12 +636,7 @@ async fn fleet(opts: &Options) -> Result<()> {
     let mut times = Vec::new();
     let mut bounds = Vec::new();
     for run in 0..opts.runs {
-        let tb = Testbed::start(REGION).await?;
-        let double = tb
-            .double
-            .clone()
-            .context("the bench needs the AWS double")?;
-        let zone = tb.create_hosted_zone("fleet.example").await?;
+        let (tb, double, zone) = fresh_world("fleet.example").await?;
         let fleet: Vec<SimInstance> = tb.launch_fleet(n, &["a"]).await?;
         let pool = format!("fleet-{run}");
         for _ in 0..n {

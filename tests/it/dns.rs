@@ -101,12 +101,7 @@ async fn a_failed_domain_puts_the_records_back() {
     let changes = changes_sent(&double).await;
     assert_eq!(changes.len(), 2, "{changes:?}");
     assert!(changes[0].contains("new.example.com"), "{changes:?}");
-    assert_eq!(
-        tb.record_values(&zone, "play.example.com", "A")
-            .await
-            .unwrap(),
-        vec!["192.0.2.50"]
-    );
+    assert_points_back(&tb, &zone).await;
     assert!(tb
         .record_values(&zone, "new.example.com", "A")
         .await
@@ -328,12 +323,7 @@ async fn failed_started_hooks_put_the_records_back() {
     let changes = changes_sent(&double).await;
     assert_eq!(changes.len(), 2, "pointed here, then put back: {changes:?}");
     assert!(changes[0].contains(instance.meta.public_ipv4.as_deref().unwrap()));
-    assert_eq!(
-        tb.record_values(&zone, "play.example.com", "A")
-            .await
-            .unwrap(),
-        vec!["192.0.2.50"]
-    );
+    assert_points_back(&tb, &zone).await;
     assert!(
         d.log()
             .contains("started hooks failed: put back play.example.com A"),
@@ -371,12 +361,7 @@ async fn an_init_cut_short_still_answers_for_its_records() {
     let mut d = spawn_run(&tb, &instance, &config);
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
     assert_eq!(changes_sent(&double).await.len(), 2, "{}", d.log());
-    assert_eq!(
-        tb.record_values(&zone, "play.example.com", "A")
-            .await
-            .unwrap(),
-        vec!["192.0.2.50"]
-    );
+    assert_points_back(&tb, &zone).await;
     assert!(
         d.log()
             .contains("init timed out: put back play.example.com A"),
@@ -413,4 +398,14 @@ async fn changes_sent(double: &ec2fleetd_testbed::double::DoubleControl) -> Vec<
         .filter(|c| c.action == "ChangeResourceRecordSets" && c.outcome == "answered")
         .map(|c| c.params["body"].as_str().unwrap_or_default().to_string())
         .collect()
+}
+
+/// `play.example.com` holds what it held before the test's instance came.
+async fn assert_points_back(tb: &Testbed, zone: &str) {
+    assert_eq!(
+        tb.record_values(zone, "play.example.com", "A")
+            .await
+            .unwrap(),
+        vec!["192.0.2.50"]
+    );
 }
