@@ -254,53 +254,42 @@ pub async fn upsert_zone(
     targets: &[RecordTarget],
     sent: &(dyn Fn(&Placed) + Sync),
 ) -> Vec<Outcome> {
-    let prepared = futures_util::future::join_all(targets.iter().map(|t| async move {
-        let ours = our_sets(t)?;
-        if ours.is_empty() {
-            return Err(anyhow!(
-                "{} cannot point at this instance: it has no address of the kind asked for",
-                t.name
-            ));
-        }
-        let previous = current(route53, zone, &t.name).await?;
-        Ok(Placed {
-            index: t.index,
-            hosted_zone: zone.to_string(),
-            name: t.name.clone(),
-            ours,
-            previous,
-            change_id: String::new(),
-        })
-    }))
-    .await;
-    let mut results: Vec<Outcome> = Vec::new();
-    let mut ready = Vec::new();
-    for (t, p) in targets.iter().zip(prepared) {
-        match p {
-            Ok(p) => ready.push((t, p)),
-            Err(e) => results.push(outcome_of(t.index, Err(e))),
-        }
-    }
-    let batch: Result<Vec<Change>> =
-        ready
+    let mut attempt = 1;
+    let (mut results, mut ready, names, outcome) = loop {
+        let (results, ready) = prepare(route53, zone, targets).await;
+        let batch: Result<Vec<Change>> =
+            ready
+                .iter()
+                .map(|(_, p)| changes_for(p))
+                .try_fold(Vec::new(), |mut all, c| {
+                    all.extend(c?);
+                    Ok(all)
+                });
+        let names = ready
             .iter()
-            .map(|(_, p)| changes_for(p))
-            .try_fold(Vec::new(), |mut all, c| {
-                all.extend(c?);
-                Ok(all)
-            });
-    let names = ready
-        .iter()
-        .map(|(t, _)| t.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let outcome = match batch {
-        Ok(changes) if !ready.is_empty() => change(route53, zone, &names, changes).await,
-        Ok(_) => return results,
-        Err(e) => Err(ChangeFailed {
-            error: e,
-            refused: true,
-        }),
+            .map(|(t, _)| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let outcome = match batch {
+            Ok(changes) if !ready.is_empty() => change(route53, zone, &names, changes).await,
+            Ok(_) => return results,
+            Err(e) => Err(ChangeFailed {
+                error: e,
+                refused: true,
+            }),
+        };
+        match outcome {
+            // What was read may have changed before the batch came (a
+            // predecessor's record deleted by value): read again.
+            Err(f) if f.refused && attempt < REREADS => {
+                tracing::warn!(
+                    "Route53 refused the batch for {names} in zone {zone} ({:#}); reading the names again",
+                    f.error
+                );
+                attempt += 1;
+            }
+            outcome => break (results, ready, names, outcome),
+        }
     };
     match outcome {
         Ok(id) => {
@@ -356,6 +345,48 @@ pub async fn upsert_zone(
     }
     results.sort_by_key(|o| o.index);
     results
+}
+
+/// How many times a refused batch is planned again from a fresh read: a
+/// name may change between the read and the batch (a successor, a
+/// predecessor's last change), and the batch then no longer fits.
+const REREADS: u32 = 3;
+
+/// Reads each target's name: the targets ready to change, and the outcomes
+/// of those that cannot be.
+async fn prepare<'t>(
+    route53: &aws_sdk_route53::Client,
+    zone: &str,
+    targets: &'t [RecordTarget],
+) -> (Vec<Outcome>, Vec<(&'t RecordTarget, Placed)>) {
+    let prepared = futures_util::future::join_all(targets.iter().map(|t| async move {
+        let ours = our_sets(t)?;
+        if ours.is_empty() {
+            return Err(anyhow!(
+                "{} cannot point at this instance: it has no address of the kind asked for",
+                t.name
+            ));
+        }
+        let previous = current(route53, zone, &t.name).await?;
+        Ok(Placed {
+            index: t.index,
+            hosted_zone: zone.to_string(),
+            name: t.name.clone(),
+            ours,
+            previous,
+            change_id: String::new(),
+        })
+    }))
+    .await;
+    let mut results = Vec::new();
+    let mut ready = Vec::new();
+    for (t, p) in targets.iter().zip(prepared) {
+        match p {
+            Ok(p) => ready.push((t, p)),
+            Err(e) => results.push(outcome_of(t.index, Err(e))),
+        }
+    }
+    (results, ready)
 }
 
 fn log_placed(p: &Placed, ttl: i64) {
@@ -441,6 +472,10 @@ fn same(a: &ResourceRecordSet, b: &ResourceRecordSet) -> bool {
 /// Rollback: what each name held before comes back; a name that did not
 /// exist is deleted. A set that no longer holds this instance's values (or,
 /// for one this instance deleted, that someone has set again) is left.
+/// Compare-and-swap: ours goes by a DELETE of its exact values and what was
+/// there comes back by a CREATE, in one batch, so that a successor's change
+/// made after the read makes Route53 refuse the batch rather than be
+/// overwritten; a refused batch is planned again from a fresh read.
 /// One batch per hosted zone.
 pub async fn restore(route53: &aws_sdk_route53::Client, placed: &[Placed]) -> Result<Vec<String>> {
     per_zone(
@@ -455,7 +490,8 @@ pub async fn restore(route53: &aws_sdk_route53::Client, placed: &[Placed]) -> Re
                 let live = now.iter().find(|s| s.r#type() == kind);
                 match (ours, before, live) {
                     (Some(o), Some(b), Some(l)) if same(l, o) => {
-                        changes.push(change_of(ChangeAction::Upsert, b.clone())?)
+                        changes.push(change_of(ChangeAction::Delete, l.clone())?);
+                        changes.push(change_of(ChangeAction::Create, b.clone())?);
                     }
                     (Some(o), None, Some(l)) if same(l, o) => {
                         changes.push(change_of(ChangeAction::Delete, l.clone())?)
@@ -520,42 +556,58 @@ async fn per_zone(
     let mut first_error = None;
     for zone in zones {
         let in_zone: Vec<&Placed> = placed.iter().filter(|p| p.hosted_zone == zone).collect();
-        let mut changes = Vec::new();
-        let mut names = Vec::new();
-        let mut sets = Vec::new();
-        for p in &in_zone {
-            let planned = match current(route53, zone, &p.name).await {
-                Ok(now) => plan(p, &now),
-                Err(e) => Err(e),
-            };
-            match planned {
-                Ok(c) if c.is_empty() => {}
-                Ok(c) => {
-                    for one in &c {
-                        if let Some(set) = one.resource_record_set() {
-                            sets.push(format!("{} {}", p.name, set.r#type().as_str()));
+        let mut attempt = 1;
+        loop {
+            let mut changes = Vec::new();
+            let mut names = Vec::new();
+            let mut sets = Vec::new();
+            for p in &in_zone {
+                let planned = match current(route53, zone, &p.name).await {
+                    Ok(now) => plan(p, &now),
+                    Err(e) => Err(e),
+                };
+                match planned {
+                    Ok(c) if c.is_empty() => {}
+                    Ok(c) => {
+                        for one in &c {
+                            if let Some(set) = one.resource_record_set() {
+                                let set = format!("{} {}", p.name, set.r#type().as_str());
+                                if !sets.contains(&set) {
+                                    sets.push(set);
+                                }
+                            }
                         }
+                        changes.extend(c);
+                        names.push(p.name.as_str());
                     }
-                    changes.extend(c);
-                    names.push(p.name.as_str());
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
-        }
-        if changes.is_empty() {
-            continue;
-        }
-        let names = names.join(", ");
-        match change(route53, zone, &names, changes).await {
-            Ok(_) => {
-                tracing::info!("{names}: {done}");
-                changed.extend(sets);
+            if changes.is_empty() {
+                break;
             }
-            Err(f) => {
-                first_error.get_or_insert(f.error);
+            let names = names.join(", ");
+            match change(route53, zone, &names, changes).await {
+                Ok(_) => {
+                    tracing::info!("{names}: {done}");
+                    changed.extend(sets);
+                }
+                // A name changed after it was read: read again.
+                Err(f) if f.refused && attempt < REREADS => {
+                    tracing::warn!(
+                        "{names}: Route53 refused the change ({:#}); reading again",
+                        f.error
+                    );
+                    attempt += 1;
+                    continue;
+                }
+                Err(f) => {
+                    first_error.get_or_insert(f.error);
+                }
             }
+            break;
         }
     }
     first_error.map_or(Ok(changed), Err)

@@ -3,7 +3,8 @@
 //! The modules follow the data: [`config`] and [`imds`] bring the config and
 //! the instance's facts in; [`volumes`] (EC2), [`dns`] (Route53),
 //! [`hooks`] (processes) and [`notify`] (SNS, SQS, webhooks) each do one job;
-//! [`lifecycle`] owns the order; [`systemd`] reports it; [`policy`] derives
+//! [`lifecycle`] owns the order, over each domain's [`ledger`] of what it
+//! holds; [`systemd`] reports it; [`policy`] derives
 //! the IAM policy a config needs. [`aws`] is the one
 //! place SDK clients are made; [`retry`] paces the calls worth repeating.
 
@@ -12,6 +13,7 @@ pub mod config;
 pub mod dns;
 pub mod hooks;
 pub mod imds;
+pub mod ledger;
 pub mod lifecycle;
 pub mod notify;
 pub mod policy;

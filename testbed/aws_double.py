@@ -394,14 +394,23 @@ def _check_value(kind, value, name):
 
 
 def change_resource_record_sets(self, zoneid, change_list):
+    """Checks a batch as Route53 does: change by change, each against the
+    zone as the changes before it in the batch left it (so DELETE then
+    CREATE of one set is a compare-and-swap), the whole batch or nothing."""
     with LOCK:
         zone = self.get_hosted_zone(zoneid)
+        # (name, type, set id) -> (sorted values, ttl) or None, as the batch goes.
+        working = {}
         for change in change_list:
             rrset = change["ResourceRecordSet"]
             name = rrset["Name"] if rrset["Name"].endswith(".") else rrset["Name"] + "."
             kind = rrset["Type"]
+            key = (name, kind, rrset.get("SetIdentifier"))
             values = [r["Value"] for r in rrset.get("ResourceRecords") or []]
-            current = _current(zone, name, kind, rrset.get("SetIdentifier"))
+            if key not in working:
+                live = _current(zone, name, kind, key[2])
+                working[key] = None if live is None else (sorted(live.records or []), str(live.ttl))
+            current = working[key]
             if change["Action"] in ("CREATE", "UPSERT"):
                 for v in values:
                     _check_value(kind, v, name)
@@ -416,13 +425,15 @@ def change_resource_record_sets(self, zoneid, change_list):
                         "InvalidChangeBatch",
                         f"[Tried to delete resource record set [name='{name}', type='{kind}'] but it was not found]",
                     )
-                same = sorted(current.records or []) == sorted(values) and str(current.ttl) == str(rrset.get("TTL"))
-                if not same:
+                if current != (sorted(values), str(rrset.get("TTL"))):
                     raise Route53ClientError(
                         "InvalidChangeBatch",
                         f"[Tried to delete resource record set [name='{name}', type='{kind}'] "
                         "but the values provided do not match the current values]",
                     )
+                working[key] = None
+            else:
+                working[key] = (sorted(values), str(rrset.get("TTL")))
         return _orig_change_rrsets(self, zoneid, change_list)
 
 

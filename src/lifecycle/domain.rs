@@ -1,7 +1,8 @@
-//! One domain's part of each phase: bring-up (volumes, records, hooks) and
-//! the hooks and notifications of every later event.
+//! One domain's part of each phase: bring-up (volumes, records, hooks), the
+//! way out (failed hooks before a rollback; hooks, release and record
+//! deletion at the end), the hooks and notifications of every event. What
+//! the domain holds is in its [`Ledger`], shared with the daemon.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,8 +14,9 @@ use crate::config::{Domain, Event, ExecBlock, MacroValues, VolumeSource};
 use crate::dns::{self, RecordTarget};
 use crate::hooks::{self, OnFailure, Policy, Scope};
 use crate::imds::InstanceFacts;
+use crate::ledger::{Ending, Held, HeldVolume, Ledger, Stage};
 use crate::notify;
-use crate::volumes::{self, AttachedVolume};
+use crate::volumes;
 
 /// What every domain shares.
 pub struct Shared {
@@ -25,67 +27,59 @@ pub struct Shared {
     pub base_values: MacroValues,
     /// This run's transaction ID, marked on what it attaches until commit.
     pub transaction_id: String,
-    /// Records set by this run, by domain, noted as each change is sent:
-    /// what an init cut short (timeout, notice, signal) still holds.
-    pub placed: std::sync::Mutex<Vec<(String, dns::Placed)>>,
 }
 
-impl Shared {
-    /// Takes what the run noted as set for `domain` (every domain: `None`).
-    pub fn take_records(&self, domain: Option<&str>) -> Vec<dns::Placed> {
-        let mut placed = self.placed.lock().expect("not poisoned");
-        let (taken, kept) = std::mem::take(&mut *placed)
-            .into_iter()
-            .partition(|(d, _)| domain.is_none_or(|want| want == d));
-        *placed = kept;
-        taken.into_iter().map(|(_, p)| p).collect()
-    }
-
-    /// The domain's records were put back: nothing of it to undo later.
-    pub fn forget_records(&self, domain: &str) {
-        self.take_records(Some(domain));
-    }
-
-    pub fn volume_ctx<'a>(&'a self, domain: &'a str) -> volumes::Ctx<'a> {
-        volumes::Ctx {
-            ec2: &self.clients.ec2,
-            facts: &self.facts,
-            device_root: &self.device_root,
-            domain,
-            transaction_id: &self.transaction_id,
-        }
-    }
+/// The blocks that run at `event` before any volume's: the domain's own.
+fn domain_blocks(domain: &Domain, event: Event) -> Vec<&ExecBlock> {
+    domain.exec.iter().filter(|b| b.runs_on(event)).collect()
 }
 
-/// The blocks that run at `event`: the domain's, then those of its volumes
-/// that name the event (a volume's blocks without `on` run only after its
-/// device appears).
-pub fn blocks_for(domain: &Domain, event: Event) -> Vec<&ExecBlock> {
-    let domain_blocks = domain.exec.iter().filter(|b| b.runs_on(event));
-    let volume_blocks = domain
-        .volumes
+/// The blocks of volume `spec` that name `event` (a volume's blocks
+/// without `on` run only after its device appears, at `starting`).
+fn volume_blocks(domain: &Domain, spec: usize, event: Event) -> Vec<&ExecBlock> {
+    domain.volumes[spec]
+        .exec
         .iter()
-        .flat_map(|v| v.exec.iter())
-        .filter(|b| b.on.as_ref().is_some_and(|on| on.contains(&event)));
-    domain_blocks.chain(volume_blocks).collect()
+        .filter(|b| b.on.as_ref().is_some_and(|on| on.contains(&event)))
+        .collect()
 }
 
-/// A domain and what it holds.
+/// Every block that may run at `event`: the domain's, then its volumes'
+/// (for the drill, which holds no volume).
+pub fn blocks_for(domain: &Domain, event: Event) -> Vec<&ExecBlock> {
+    let mut blocks = domain_blocks(domain, event);
+    for spec in 0..domain.volumes.len() {
+        blocks.extend(volume_blocks(domain, spec, event));
+    }
+    blocks
+}
+
+/// A volume's own macros: `{volume_id}`, `{attached_device}`, …
+pub fn set_volume_values(values: &mut MacroValues, domain: &Domain, v: &HeldVolume) {
+    values.set("volume_id", v.volume_id.clone());
+    values.set(
+        "attached_device",
+        v.device
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+    );
+    values.set("attach_source", v.source.letter().to_string());
+    values.set("attach_op", if v.attached_now { "true" } else { "false" });
+    values.set(
+        "volume_pool",
+        domain.volumes[v.spec].pool_name.clone().unwrap_or_default(),
+    );
+}
+
+/// A domain and the record of what it holds. Clones share the record.
 #[derive(Clone)]
 pub struct DomainRun {
     pub domain: Domain,
+    /// Instance and domain values, and those the end sets (`{error}`,
+    /// `{interrupt_action}`); volume values come from the record.
     pub values: MacroValues,
-    pub volumes: Vec<AttachedVolume>,
-    /// The `failed` hooks already ran (before a rollback).
-    pub failed_hooks_ran: bool,
-    /// Records set (each knows its index in the domain's `update-route53`).
-    pub records: Vec<dns::Placed>,
-    /// `name TYPE` of the records `delete-on` deleted.
-    pub deleted_records: Vec<String>,
-    /// What went wrong in this domain, for the event.
-    pub errors: Vec<String>,
-    /// Seconds each phase took, for the event.
-    pub timings: BTreeMap<String, f64>,
+    pub ledger: Arc<Ledger>,
 }
 
 impl DomainRun {
@@ -95,131 +89,115 @@ impl DomainRun {
         DomainRun {
             domain,
             values,
-            volumes: Vec::new(),
-            failed_hooks_ran: false,
-            records: Vec::new(),
-            deleted_records: Vec::new(),
-            errors: Vec::new(),
-            timings: BTreeMap::new(),
+            ledger: Arc::default(),
         }
     }
 
-    /// The macro values for `event`, with `all_json` filled in.
-    pub fn values_for(&self, event: Event) -> MacroValues {
+    pub fn volume_ctx<'a>(&'a self, shared: &'a Shared) -> volumes::Ctx<'a> {
+        volumes::Ctx {
+            ec2: &shared.clients.ec2,
+            facts: &shared.facts,
+            device_root: &shared.device_root,
+            domain: &self.domain.name,
+            transaction_id: &shared.transaction_id,
+            ledger: &self.ledger,
+        }
+    }
+
+    /// The macro values for `event`, with `all_json` filled in: the volume
+    /// values are `volume`'s, or for the domain's own blocks those of the
+    /// last volume it holds (as in the Python daemon).
+    pub fn values_for(
+        &self,
+        event: Event,
+        held: &Held,
+        volume: Option<&HeldVolume>,
+    ) -> MacroValues {
         let mut v = self.values.clone();
+        if let Some(volume) = volume.or_else(|| held.ready_volumes().last()) {
+            set_volume_values(&mut v, &self.domain, volume);
+        }
         v.set("daemon_state", event.name());
         v.set("ts", super::now_rfc3339());
         v.seal()
     }
 
     /// `starting` hooks, volumes and their hooks, DNS records: all or
-    /// nothing. On a critical failure the domain's `failed` hooks run first
-    /// (they unmount), then what this run attached is detached and what it
-    /// created deleted; on success the claims are committed.
-    pub async fn bring_up(&mut self, shared: &Shared) -> Result<()> {
+    /// nothing. On a critical failure the domain unwinds (see
+    /// [`DomainRun::unwind`]); on success the claims are committed.
+    pub async fn bring_up(&self, shared: &Shared) -> Result<()> {
         let mut result = self.bring_up_steps(shared).await;
-        let ctx = shared.volume_ctx(&self.domain.name);
         if result.is_ok() {
-            result = volumes::commit(&ctx, &self.volumes).await;
+            result = volumes::commit(&self.volume_ctx(shared)).await;
         }
         if let Err(e) = &result {
-            self.errors.push(format!("{e:#}"));
-            if self.volumes.iter().any(|v| v.attached_now) {
-                self.values.set("error", format!("{e:#}"));
-                let _ = self
-                    .run_hooks(Event::Failed, &Policy::new(OnFailure::Continue))
-                    .await;
-                self.failed_hooks_ran = true;
-            }
-            match dns::restore(&shared.clients.route53, &self.records).await {
-                // The names are no longer this instance's.
-                Ok(_) => {
-                    self.records.clear();
-                    shared.forget_records(&self.domain.name);
-                }
-                Err(e) => tracing::error!("[{}] putting records back: {e:#}", self.domain.name),
-            }
-            volumes::rollback(&ctx, &self.volumes).await;
-            for v in &mut self.volumes {
-                v.released |= v.attached_now;
-            }
+            self.ledger.error(format!("{e:#}"));
+            let mut values = self.values.clone();
+            values.set("error", format!("{e:#}"));
+            let run = DomainRun {
+                values,
+                ..self.clone()
+            };
+            run.unwind(shared, &Policy::new(OnFailure::Continue), "bring-up failed")
+                .await;
         }
         result
     }
 
-    async fn bring_up_steps(&mut self, shared: &Shared) -> Result<()> {
-        let name = self.domain.name.clone();
-        let scope = Scope {
-            domain: &name,
-            event: Event::Starting,
-        };
-        let blocks = self
-            .domain
-            .exec
-            .iter()
-            .filter(|b| b.runs_on(Event::Starting))
-            .collect();
+    async fn bring_up_steps(&self, shared: &Shared) -> Result<()> {
         let since = Instant::now();
+        let held = self.ledger.snapshot();
         let starting = hooks::run(
-            blocks,
-            scope,
-            &self.values_for(Event::Starting),
+            domain_blocks(&self.domain, Event::Starting),
+            self.scope(Event::Starting),
+            &self.values_for(Event::Starting, &held, None),
             &Policy::new(OnFailure::Stop),
         )
         .await;
-        self.record_time("starting-hooks", since);
+        self.time("starting-hooks", since);
         starting.map_err(|f| anyhow!("{}", f.join("; ")))?;
 
         let since = Instant::now();
         let result = self.attach_volumes(shared).await;
-        self.record_time("volumes", since);
+        self.time("volumes", since);
         result?;
 
         let since = Instant::now();
         let result = self.set_records(shared).await;
-        self.record_time("records", since);
+        self.time("records", since);
         result
     }
 
+    fn scope(&self, event: Event) -> Scope<'_> {
+        Scope {
+            domain: &self.domain.name,
+            event,
+        }
+    }
+
     /// The domain's volumes in order, each followed by its hooks.
-    async fn attach_volumes(&mut self, shared: &Shared) -> Result<()> {
-        let name = self.domain.name.clone();
-        let scope = Scope {
-            domain: &name,
-            event: Event::Starting,
-        };
-        for spec in self.domain.volumes.clone() {
-            let attached = match volumes::attach(&shared.volume_ctx(&name), &spec).await {
-                Ok(a) => a,
+    async fn attach_volumes(&self, shared: &Shared) -> Result<()> {
+        let name = &self.domain.name;
+        for (index, spec) in self.domain.volumes.iter().enumerate() {
+            let id = match volumes::attach(&self.volume_ctx(shared), index, spec).await {
+                Ok(id) => id,
                 Err(e) if spec.critical => return Err(e),
                 Err(e) => {
                     tracing::warn!(
                         "[{name}] non-critical volume {} skipped: {e:#}",
                         spec.device
                     );
-                    self.errors.push(format!(
+                    self.ledger.error(format!(
                         "non-critical volume {} skipped: {e:#}",
                         spec.device
                     ));
                     continue;
                 }
             };
-            self.values.set("volume_id", attached.volume_id.clone());
-            self.values
-                .set("attached_device", attached.device.display().to_string());
-            self.values
-                .set("attach_source", attached.source.letter().to_string());
-            self.values.set(
-                "attach_op",
-                if attached.attached_now {
-                    "true"
-                } else {
-                    "false"
-                },
-            );
-            self.values
-                .set("volume_pool", spec.pool_name.clone().unwrap_or_default());
-            self.volumes.push(attached);
+            let held = self.ledger.snapshot();
+            let volume = held
+                .volume(&id)
+                .expect("an attached volume is in the record");
             // As in the Python daemon, a volume's blocks without "on" run
             // once, after its device appears.
             let blocks = spec
@@ -229,8 +207,8 @@ impl DomainRun {
                 .collect();
             if let Err(f) = hooks::run(
                 blocks,
-                scope,
-                &self.values_for(Event::Starting),
+                self.scope(Event::Starting),
+                &self.values_for(Event::Starting, &held, Some(volume)),
                 &Policy::new(OnFailure::Stop),
             )
             .await
@@ -240,22 +218,23 @@ impl DomainRun {
                     return Err(e);
                 }
                 tracing::warn!("[{name}] non-critical: {e}");
-                self.errors.push(format!("non-critical: {e}"));
+                self.ledger.error(format!("non-critical: {e}"));
             }
         }
-
         Ok(())
     }
 
     /// The domain's records, one change batch per hosted zone, the zones
-    /// in parallel.
-    async fn set_records(&mut self, shared: &Shared) -> Result<()> {
+    /// in parallel. Each record is in the ledger as soon as its change is
+    /// sent, before any wait for INSYNC.
+    async fn set_records(&self, shared: &Shared) -> Result<()> {
         let mut zones: Vec<&str> = Vec::new();
         for r in &self.domain.records {
             if !zones.contains(&r.hosted_zone.as_str()) {
                 zones.push(&r.hosted_zone);
             }
         }
+        let values = self.values_for(Event::Starting, &self.ledger.snapshot(), None);
         let batches = zones.iter().map(|zone| {
             let targets: Vec<RecordTarget> = self
                 .domain
@@ -267,7 +246,7 @@ impl DomainRun {
                     let (ipv4, ipv6) = dns::addresses(&shared.facts, r.address);
                     RecordTarget {
                         index,
-                        name: r.name.render(&self.values),
+                        name: r.name.render(&values),
                         ttl: r.ttl,
                         ipv4,
                         ipv6,
@@ -276,21 +255,14 @@ impl DomainRun {
                 })
                 .collect();
             let route53 = &shared.clients.route53;
-            let domain = &self.domain.name;
             async move {
-                let note = |p: &dns::Placed| {
-                    let mut placed = shared.placed.lock().expect("not poisoned");
-                    placed.push((domain.clone(), p.clone()));
-                };
+                let note = |p: &dns::Placed| self.ledger.record_set(p.clone());
                 dns::upsert_zone(route53, zone, &targets, &note).await
             }
         });
         let outcomes = futures_util::future::join_all(batches).await;
         let mut critical_error = None;
         for outcome in outcomes.into_iter().flatten() {
-            if let Some(placed) = outcome.placed {
-                self.records.push(placed);
-            }
             match outcome.error {
                 None => {}
                 Some(e) if self.domain.records[outcome.index].critical => {
@@ -298,55 +270,194 @@ impl DomainRun {
                 }
                 Some(e) => {
                     tracing::warn!("[{}] non-critical record skipped: {e:#}", self.domain.name);
-                    self.errors
-                        .push(format!("non-critical record skipped: {e:#}"));
+                    self.ledger
+                        .error(format!("non-critical record skipped: {e:#}"));
                 }
             }
         }
         critical_error.map_or(Ok(()), Err)
     }
 
+    /// The way out of a failed domain: what an unanswered attach did is
+    /// found out; the `failed` hooks run (once: they unmount); only if they
+    /// succeeded is what this run attached detached and what it created
+    /// deleted (a volume still in use stays attached, and the next run's
+    /// clean-up finds its marks); the records are put back. Returns whether
+    /// the failed hooks succeeded, and how many failed now.
+    pub async fn unwind(&self, shared: &Shared, policy: &Policy, why: &str) -> (bool, usize) {
+        let ctx = self.volume_ctx(shared);
+        volumes::find_out(&ctx).await;
+        let ran = self.ledger.snapshot().failed_hooks_ok;
+        let mut failed_now = 0;
+        let hooks_ok = match ran {
+            Some(ok) => ok,
+            None => {
+                let since = Instant::now();
+                let result = self.run_hooks(Event::Failed, policy).await;
+                self.time("failed-hooks", since);
+                if let Err(failures) = &result {
+                    failed_now = failures.len();
+                    for f in failures {
+                        self.ledger.error(f.clone());
+                    }
+                }
+                self.ledger
+                    .with(|h| h.failed_hooks_ok = Some(result.is_ok()));
+                result.is_ok()
+            }
+        };
+        if hooks_ok {
+            for e in volumes::settle(&ctx, Ending::Rollback).await {
+                self.ledger.error(e);
+            }
+        } else {
+            let held = self.ledger.snapshot();
+            for v in held
+                .volumes
+                .iter()
+                .filter(|v| !v.committed && v.on_this_instance())
+            {
+                tracing::warn!(
+                    "[{}] {} stays attached: the failed hooks failed, so it may still be in use",
+                    self.domain.name,
+                    v.volume_id
+                );
+            }
+        }
+        self.put_back_records(shared, why).await;
+        (hooks_ok, failed_now)
+    }
+
+    /// The records back to what they held before this instance.
+    pub async fn put_back_records(&self, shared: &Shared, why: &str) {
+        let placed = self.ledger.take_records();
+        if placed.is_empty() {
+            return;
+        }
+        match dns::restore(&shared.clients.route53, &placed).await {
+            Ok(names) if names.is_empty() => tracing::info!(
+                "[{}] {why}: no record to put back (none points here any more)",
+                self.domain.name
+            ),
+            Ok(names) => tracing::warn!(
+                "[{}] {why}: put back {}",
+                self.domain.name,
+                names.join(", ")
+            ),
+            Err(e) => {
+                tracing::error!("[{}] {why}; putting records back: {e:#}", self.domain.name);
+                self.ledger.error(format!("putting records back: {e:#}"));
+            }
+        }
+    }
+
+    /// The end of a domain that did not fail (`stopping`, `interrupted`,
+    /// `terminating`): what an unanswered attach did is found out, the
+    /// hooks run on what is held, an uncommitted claim is kept (its marks
+    /// go), then `detach-on` and `delete-on`. Returns the hooks' failures.
+    pub async fn end(
+        &self,
+        shared: &Shared,
+        event: Event,
+        policy: &Policy,
+    ) -> Result<(), Vec<String>> {
+        let ctx = self.volume_ctx(shared);
+        volumes::find_out(&ctx).await;
+        let since = Instant::now();
+        let result = self.run_hooks(event, policy).await;
+        self.time(&format!("{event}-hooks"), since);
+        if let Err(failures) = &result {
+            for f in failures {
+                self.ledger.error(f.clone());
+            }
+        }
+        let since = Instant::now();
+        for e in volumes::settle(&ctx, Ending::Keep).await {
+            self.ledger.error(e);
+        }
+        self.release_for(shared, event, result.is_ok()).await;
+        self.delete_records_for(shared, event).await;
+        self.time("release", since);
+        result
+    }
+
     /// `delete-on`: after `event`, delete the records that ask for it, each
     /// only while it still points here.
-    pub async fn delete_records_for(&mut self, shared: &Shared, event: Event) {
+    pub async fn delete_records_for(&self, shared: &Shared, event: Event) {
         let leaving: Vec<dns::Placed> = self
+            .ledger
+            .snapshot()
             .records
-            .iter()
+            .into_iter()
             .filter(|p| self.domain.records[p.index].delete_on.contains(&event))
-            .cloned()
             .collect();
         if leaving.is_empty() {
             return;
         }
         match dns::delete_if_ours(&shared.clients.route53, &leaving).await {
-            Ok(deleted) => self.deleted_records.extend(deleted),
+            Ok(deleted) => self.ledger.with(|h| h.deleted_records.extend(deleted)),
             Err(e) => {
                 tracing::error!("[{}] deleting records: {e:#}", self.domain.name);
-                self.errors.push(format!("deleting records: {e:#}"));
+                self.ledger.error(format!("deleting records: {e:#}"));
             }
         }
     }
 
-    /// Runs the hooks bound to `event` (see [`blocks_for`]); the policy
-    /// says whether to stop at the first failure and how long they may take.
+    /// Runs the hooks bound to `event`: the domain's blocks, then each held
+    /// volume's blocks that name it, each volume's with its own macros. A
+    /// volume not held has nothing for its hooks to act on: they are left
+    /// out. The policy says whether to stop at the first failure and how
+    /// long they may take.
     pub async fn run_hooks(&self, event: Event, policy: &Policy) -> Result<(), Vec<String>> {
-        let values = self.values_for(event);
-        let scope = Scope {
-            domain: &self.domain.name,
-            event,
-        };
-        hooks::run(blocks_for(&self.domain, event), scope, &values, policy).await
+        let held = self.ledger.snapshot();
+        let mut groups = vec![(
+            domain_blocks(&self.domain, event),
+            self.values_for(event, &held, None),
+        )];
+        for spec in 0..self.domain.volumes.len() {
+            let blocks = volume_blocks(&self.domain, spec, event);
+            if blocks.is_empty() {
+                continue;
+            }
+            let volume = held
+                .volumes
+                .iter()
+                .find(|v| v.spec == spec && v.on_this_instance());
+            match volume {
+                Some(v) => groups.push((blocks, self.values_for(event, &held, Some(v)))),
+                None => tracing::info!(
+                    "[{}] {event}: the hooks of volume {} are left out: no volume is held for it",
+                    self.domain.name,
+                    self.domain.volumes[spec].device
+                ),
+            }
+        }
+        let mut failures = Vec::new();
+        for (blocks, values) in groups {
+            if let Err(f) = hooks::run(blocks, self.scope(event), &values, policy).await {
+                failures.extend(f);
+                if policy.on_failure == OnFailure::Stop {
+                    break;
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures)
+        }
     }
 
     /// `detach-on`: after `event`'s hooks, release the volumes that ask for
     /// it, so that a successor can attach them while this instance is still
     /// running. Only when the hooks succeeded (they unmount): otherwise the
     /// volume stays attached and the log says why.
-    pub async fn release_for(&mut self, shared: &Shared, event: Event, hooks_ok: bool) {
-        let specs = self.specs_of_volumes();
-        let ctx = shared.volume_ctx(&self.domain.name);
-        for (v, spec) in self.volumes.iter_mut().zip(specs) {
-            if v.released || !spec.detach_on.contains(&event) {
+    pub async fn release_for(&self, shared: &Shared, event: Event, hooks_ok: bool) {
+        let ctx = self.volume_ctx(shared);
+        let held = self.ledger.snapshot();
+        for v in &held.volumes {
+            let spec = &self.domain.volumes[v.spec];
+            if !v.on_this_instance() || !spec.detach_on.contains(&event) {
                 continue;
             }
             if !hooks_ok {
@@ -357,70 +468,54 @@ impl DomainRun {
                 );
                 continue;
             }
-            match volumes::release(&ctx, v, spec.force).await {
-                Ok(()) => v.released = true,
-                Err(e) => {
-                    tracing::error!("[{}] releasing {}: {e:#}", ctx.domain, v.volume_id);
-                    self.errors
-                        .push(format!("releasing {}: {e:#}", v.volume_id));
-                }
+            if let Err(e) = volumes::release(&ctx, &v.volume_id, spec.force).await {
+                tracing::error!("[{}] releasing {}: {e:#}", ctx.domain, v.volume_id);
+                self.ledger
+                    .error(format!("releasing {}: {e:#}", v.volume_id));
             }
         }
     }
 
-    /// The spec of each held volume, in the same order.
-    fn specs_of_volumes(&self) -> Vec<crate::config::VolumeSpec> {
-        self.volumes
-            .iter()
-            .map(|v| {
-                self.domain
-                    .volumes
-                    .iter()
-                    .find(|s| s.device == v.device_name)
-                    .cloned()
-                    .expect("every held volume comes from a spec")
-            })
-            .collect()
+    /// Notes that phase `name` ran from `since` until now.
+    pub fn time(&self, name: &str, since: Instant) {
+        self.ledger.time(name, since.elapsed().as_secs_f64());
     }
 
-    /// Records that phase `name` ran from `since` until now.
-    pub fn record_time(&mut self, name: &str, since: Instant) {
-        self.timings
-            .insert(name.to_string(), since.elapsed().as_secs_f64());
-    }
-
-    /// The typed event for `event` (see `doc/events.md`).
+    /// The typed event for `event` (see `doc/events.md`), from the record.
     pub fn event_body(&self, shared: &Shared, event: Event) -> notify::event::EventBody {
         use notify::event::*;
         let facts = &shared.facts;
-        let volumes = self
+        let held = self.ledger.snapshot();
+        let volumes = held
             .volumes
             .iter()
+            .filter(|v| v.stage != Stage::Attaching)
             .map(|v| Volume {
                 id: v.volume_id.clone(),
                 device: v.device_name.clone(),
-                block_device: v.device.display().to_string(),
+                block_device: v
+                    .device
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
                 source: match v.source {
                     VolumeSource::Given => "volume-id",
                     VolumeSource::Pool => "pool",
                     VolumeSource::Create => "create",
                 },
-                pool: self
-                    .domain
-                    .volumes
-                    .iter()
-                    .find(|s| s.device == v.device_name)
-                    .and_then(|s| s.pool_name.clone())
+                pool: self.domain.volumes[v.spec]
+                    .pool_name
+                    .clone()
                     .filter(|_| v.source == VolumeSource::Pool),
                 operation: match (v.attached_now, v.created) {
                     (_, true) => "created",
                     (true, false) => "attached",
                     (false, false) => "adopted",
                 },
-                released: v.released,
+                released: v.stage == Stage::Released,
             })
             .collect();
-        let records = self
+        let records = held
             .records
             .iter()
             .flat_map(|p| {
@@ -429,7 +524,7 @@ impl DomainRun {
                     Record {
                         hosted_zone: p.hosted_zone.clone(),
                         name: p.name.clone(),
-                        deleted: self.deleted_records.contains(&format!("{} {kind}", p.name)),
+                        deleted: held.deleted_records.contains(&format!("{} {kind}", p.name)),
                         record_type: kind,
                         values: p.values(set.r#type()),
                         ttl: set.ttl().unwrap_or_default(),
@@ -466,8 +561,8 @@ impl DomainRun {
             volumes,
             records,
             interruption,
-            errors: self.errors.clone(),
-            timings: self.timings.clone(),
+            errors: held.errors.clone(),
+            timings: held.timings.clone(),
         }
     }
 
@@ -479,7 +574,7 @@ impl DomainRun {
         event: Event,
         until: Option<tokio::time::Instant>,
     ) {
-        let values = self.values_for(event);
+        let values = self.values_for(event, &self.ledger.snapshot(), None);
         let specs: Vec<_> = self
             .domain
             .notify

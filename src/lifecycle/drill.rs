@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 
 use super::domain::blocks_for;
-use super::{base_values, now_rfc3339, Outcome, State};
+use super::startup::base_values;
+use super::{now_rfc3339, Outcome, State};
 use crate::config::{Config, Event};
 use crate::hooks::{self, OnFailure, Policy, Scope};
 use crate::imds::{ImdsClient, InstanceFacts};

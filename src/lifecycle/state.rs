@@ -1,12 +1,17 @@
-//! The daemon's life as an explicit state machine.
+//! The daemon's life as an explicit state machine: the daemon's loop is one
+//! match on the state, each phase returning the input that moves it on.
 
 use crate::config::Event;
 
 /// Where the daemon is; each state is also the event its hooks run for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// Bringing every domain up: volumes, their hooks, records.
     Starting,
+    /// Every domain is up; the `started` hooks run.
     Started,
+    /// READY: watching IMDS (hooks of the `started` event, already run).
+    Watching,
     Failed,
     Stopping,
     Interrupted,
@@ -16,9 +21,11 @@ pub enum State {
 /// What can happen to the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
-    /// Every domain is up and its `started` hooks succeeded.
+    /// Every domain is up.
+    BroughtUp,
+    /// The `started` hooks of every domain succeeded.
     InitDone,
-    /// Init failed, timed out, or a `started` hook failed.
+    /// A domain failed, init timed out, or a `started` hook failed.
     InitFailed,
     /// SIGTERM or SIGINT.
     Signal,
@@ -26,7 +33,7 @@ pub enum Input {
     Notice,
     /// Auto Scaling terminates the instance.
     Termination,
-    /// A rebalance recommendation or scheduled maintenance: hooks run, the
+    /// A rebalance recommendation or scheduled maintenance: hooks ran, the
     /// watch goes on.
     News,
 }
@@ -37,13 +44,14 @@ impl State {
         use Input::*;
         use State::*;
         match (self, input) {
-            (Starting, InitDone) => Some(Started),
+            (Starting, BroughtUp) => Some(Started),
+            (Started, InitDone) => Some(Watching),
             (Starting | Started, InitFailed) => Some(Failed),
-            (Starting | Started, Signal) => Some(Stopping),
+            (Starting | Started | Watching, Signal) => Some(Stopping),
             // A notice during init cancels it: the deadline is what counts.
-            (Starting | Started, Notice) => Some(Interrupted),
-            (Starting | Started, Termination) => Some(Terminating),
-            (Started, News) => Some(Started),
+            (Starting | Started | Watching, Notice) => Some(Interrupted),
+            (Starting | Started | Watching, Termination) => Some(Terminating),
+            (Watching, News) => Some(Watching),
             _ => None,
         }
     }
@@ -59,7 +67,7 @@ impl State {
     pub fn event(self) -> Event {
         match self {
             State::Starting => Event::Starting,
-            State::Started => Event::Started,
+            State::Started | State::Watching => Event::Started,
             State::Failed => Event::Failed,
             State::Stopping => Event::Stopping,
             State::Interrupted => Event::Interrupted,
@@ -73,39 +81,54 @@ mod tests {
     use super::Input::*;
     use super::State::*;
 
+    const INPUTS: [super::Input; 7] = [
+        BroughtUp,
+        InitDone,
+        InitFailed,
+        Signal,
+        Notice,
+        Termination,
+        News,
+    ];
+
     #[test]
     fn normal_life() {
-        assert_eq!(Starting.next(InitDone), Some(Started));
+        assert_eq!(Starting.next(BroughtUp), Some(Started));
+        assert_eq!(Started.next(InitDone), Some(Watching));
         assert_eq!(
-            Started.next(News),
-            Some(Started),
+            Watching.next(News),
+            Some(Watching),
             "news keeps the daemon watching"
         );
-        assert_eq!(Started.next(Notice), Some(Interrupted));
-        assert_eq!(Started.next(Signal), Some(Stopping));
-        assert_eq!(Started.next(Termination), Some(Terminating));
+        assert_eq!(Watching.next(Notice), Some(Interrupted));
+        assert_eq!(Watching.next(Signal), Some(Stopping));
+        assert_eq!(Watching.next(Termination), Some(Terminating));
     }
 
     #[test]
     fn failures_notices_and_signals_during_init() {
-        assert_eq!(Starting.next(InitFailed), Some(Failed));
-        assert_eq!(Starting.next(Signal), Some(Stopping));
-        assert_eq!(Starting.next(Notice), Some(Interrupted));
-        assert_eq!(Starting.next(Termination), Some(Terminating));
-        // A started hook that fails happens after Started.
-        assert_eq!(Started.next(InitFailed), Some(Failed));
-        // News is only watched for once the daemon is up.
-        assert_eq!(Starting.next(News), None);
+        for s in [Starting, Started] {
+            assert_eq!(s.next(InitFailed), Some(Failed));
+            assert_eq!(s.next(Signal), Some(Stopping));
+            assert_eq!(s.next(Notice), Some(Interrupted));
+            assert_eq!(s.next(Termination), Some(Terminating));
+            // News is only watched for once the daemon is up.
+            assert_eq!(s.next(News), None);
+        }
+        assert_eq!(Starting.next(InitDone), None, "started hooks come first");
+        assert_eq!(Watching.next(InitFailed), None, "init is over");
     }
 
     #[test]
     fn final_states_have_no_way_out() {
         for s in [Failed, Stopping, Interrupted, Terminating] {
             assert!(s.is_final());
-            for i in [InitDone, InitFailed, Signal, Notice, Termination, News] {
+            for i in INPUTS {
                 assert_eq!(s.next(i), None, "{s:?} + {i:?}");
             }
         }
-        assert_eq!(Started.next(InitDone), None);
+        for s in [Starting, Started, Watching] {
+            assert!(!s.is_final());
+        }
     }
 }

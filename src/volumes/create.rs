@@ -8,14 +8,19 @@ use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeState, Volum
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{attach_call, describe, tags, AttachError, Claim, Ctx};
+use super::{attach_call, describe_opt, settle_one, tags, At, AttachError, Claim, Ctx};
 use crate::config::VolumeSpec;
+use crate::ledger::Ending;
 
 const CREATE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a volume just created may still be unknown to DescribeVolumes:
+/// EC2's API is eventually consistent, and `InvalidVolume.NotFound` right
+/// after CreateVolume means "not yet", not "gone".
+const VISIBLE_WITHIN: Duration = Duration::from_secs(60);
 
 /// Creates, waits until `available`, attaches. A volume that cannot be
 /// attached is deleted again.
-pub async fn create(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim> {
+pub(crate) async fn create(ctx: &Ctx<'_>, at: &At<'_>, spec: &VolumeSpec) -> Result<Claim> {
     let params = spec.create.as_ref().expect("validated: c has create");
     let pool = spec
         .pool_name
@@ -61,6 +66,8 @@ pub async fn create(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim> {
         )
     })?;
     let volume_id = out.volume_id().unwrap_or_default().to_string();
+    ctx.ledger
+        .created(at.index, &volume_id, at.source, at.device);
     tracing::info!(
         "[{}] created {volume_id} for pool {pool:?} in {}",
         ctx.domain,
@@ -68,7 +75,7 @@ pub async fn create(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim> {
     );
     let attached = async {
         wait_available(ctx, &volume_id).await?;
-        attach_call(ctx, &volume_id, &spec.device, Vec::new())
+        attach_call(ctx, at, &volume_id, Vec::new())
             .await
             .map_err(|e| match e {
                 AttachError::Taken(code) => {
@@ -79,7 +86,7 @@ pub async fn create(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim> {
     };
     if let Err(e) = attached.await {
         // Nothing uses it yet: do not leave it behind.
-        if let Err(del) = super::delete_volume(ctx, &volume_id).await {
+        if let Err(del) = settle_one(ctx, &volume_id, Ending::Rollback).await {
             tracing::error!(
                 "[{}] {volume_id} could not be deleted after a failed create: {del:#}",
                 ctx.domain
@@ -87,12 +94,7 @@ pub async fn create(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim> {
         }
         return Err(e);
     }
-    Ok(Claim {
-        volume_id,
-        attached_now: true,
-        created: true,
-        marked: true,
-    })
+    Ok(Claim { volume_id })
 }
 
 /// The user's tag specifications with ours added to the `volume` one.
@@ -147,14 +149,24 @@ fn tag_specifications(user: Option<&Value>, ours: Vec<Tag>) -> Vec<TagSpecificat
 }
 
 async fn wait_available(ctx: &Ctx<'_>, volume_id: &str) -> Result<()> {
-    let deadline = Instant::now() + CREATE_TIMEOUT;
+    let started = Instant::now();
+    let deadline = started + CREATE_TIMEOUT;
     let mut pause = Duration::from_millis(250);
     loop {
-        let volume = describe(ctx.ec2, volume_id).await?;
-        match volume.state() {
-            Some(VolumeState::Available) => return Ok(()),
-            Some(VolumeState::Creating) => {}
-            other => bail!("{volume_id} did not become available: it is {other:?}"),
+        match describe_opt(ctx.ec2, volume_id).await? {
+            Some(volume) => match volume.state() {
+                Some(VolumeState::Available) => return Ok(()),
+                Some(VolumeState::Creating) => {}
+                other => bail!("{volume_id} did not become available: it is {other:?}"),
+            },
+            None if started.elapsed() < VISIBLE_WITHIN => tracing::debug!(
+                "[{}] {volume_id} not visible yet (EC2 is eventually consistent)",
+                ctx.domain
+            ),
+            None => bail!(
+                "{volume_id} was created but DescribeVolumes still does not know it after {}s",
+                VISIBLE_WITHIN.as_secs()
+            ),
         }
         if Instant::now() >= deadline {
             bail!(

@@ -16,7 +16,7 @@ pub mod tags;
 pub use cleanup::sweep;
 pub use pool::{order_candidates, Candidate};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::aws;
 use crate::config::{VolumeSource, VolumeSpec};
 use crate::imds::InstanceFacts;
+use crate::ledger::{self, Ending, Ledger, Step};
 
 /// How long an attachment may stay `attaching`.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,36 +42,14 @@ pub struct Ctx<'a> {
     pub device_root: &'a Path,
     pub domain: &'a str,
     pub transaction_id: &'a str,
+    /// The domain's record: every change is noted there as it lands.
+    pub ledger: &'a Ledger,
 }
 
 /// A volume a source got hold of.
 #[derive(Debug)]
 pub struct Claim {
     pub volume_id: String,
-    pub attached_now: bool,
-    pub created: bool,
-    /// Found attached here still carrying a run's marks (adopted after a
-    /// clean-up that could not finish): commit removes them.
-    pub marked: bool,
-}
-
-/// A volume held by this instance for a domain.
-#[derive(Debug, Clone)]
-pub struct AttachedVolume {
-    pub volume_id: String,
-    pub source: VolumeSource,
-    /// This run attached it (`{attach_op}` = `true`); false: it already was.
-    pub attached_now: bool,
-    /// This run created it.
-    pub created: bool,
-    /// Carries a transaction mark to remove at commit.
-    pub marked: bool,
-    /// The AttachVolume device name.
-    pub device_name: String,
-    /// The block device, under the device root.
-    pub device: PathBuf,
-    /// Still detached by this run (on request or on rollback).
-    pub released: bool,
 }
 
 /// Why an AttachVolume did not happen.
@@ -82,25 +61,34 @@ pub enum AttachError {
 }
 
 /// Tries the spec's sources in order; the first that succeeds wins.
-pub async fn attach(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<AttachedVolume> {
+/// `index` is the spec's place in the domain's `attach-volume`. Returns the
+/// volume ID; the record holds the rest.
+pub async fn attach(ctx: &Ctx<'_>, index: usize, spec: &VolumeSpec) -> Result<String> {
     let mut failures = Vec::new();
     for &source in &spec.sources {
+        let at = At {
+            index,
+            source,
+            device: &spec.device,
+        };
         let outcome = match source {
-            VolumeSource::Given => attach_given(ctx, spec).await,
+            VolumeSource::Given => attach_given(ctx, &at, spec).await,
             // One look at the pool in this zone tells both whether a volume
             // of it is attached here already and which are free.
             VolumeSource::Pool | VolumeSource::Create => match pool::in_zone(ctx, spec).await {
                 Err(e) => Err(SourceError::Failed(e)),
-                Ok(in_zone) => match held_here(ctx, spec, &in_zone).await {
+                Ok(in_zone) => match held_here(ctx, &at, spec, &in_zone).await {
                     Ok(Some(held)) => Ok(held),
                     Ok(None) if source == VolumeSource::Pool => {
-                        match pool::claim(ctx, spec, in_zone).await {
+                        match pool::claim(ctx, &at, spec, in_zone).await {
                             Ok(Some(claim)) => Ok(claim),
                             Ok(None) => Err(SourceError::Unavailable("no free volume".into())),
                             Err(e) => Err(SourceError::Failed(e)),
                         }
                     }
-                    Ok(None) => create::create(ctx, spec).await.map_err(SourceError::Failed),
+                    Ok(None) => create::create(ctx, &at, spec)
+                        .await
+                        .map_err(SourceError::Failed),
                     Err(e) => Err(SourceError::Failed(e)),
                 },
             },
@@ -125,46 +113,31 @@ pub async fn attach(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<AttachedVolume> 
                 )));
             }
         };
-        let attached = AttachedVolume {
-            volume_id: claim.volume_id.clone(),
-            source,
-            attached_now: claim.attached_now,
-            created: claim.created,
-            marked: claim.marked,
-            device_name: spec.device.clone(),
-            device: PathBuf::new(),
-            released: false,
-        };
-        match device::wait_for(
-            ctx.device_root,
-            &claim.volume_id,
-            &spec.device,
-            DEVICE_TIMEOUT,
-        )
-        .await
-        {
+        let id = claim.volume_id;
+        match device::wait_for(ctx.device_root, &id, &spec.device, DEVICE_TIMEOUT).await {
             Ok(path) => {
+                let held = ctx.ledger.snapshot();
+                let v = held.volume(&id).expect("a claim is in the record");
                 tracing::info!(
-                    "[{}] {} is at {} (source {}, {})",
+                    "[{}] {id} is at {} (source {}, {})",
                     ctx.domain,
-                    claim.volume_id,
                     path.display(),
                     source.letter(),
-                    if claim.created {
+                    if v.created {
                         "created"
-                    } else if claim.attached_now {
+                    } else if v.attached_now {
                         "attached now"
                     } else {
                         "already attached"
                     }
                 );
-                return Ok(AttachedVolume {
-                    device: path,
-                    ..attached
-                });
+                ctx.ledger.ready(&id, path);
+                return Ok(id);
             }
             Err(e) => {
-                undo(ctx, &attached).await;
+                if let Err(undo) = settle_one(ctx, &id, Ending::Rollback).await {
+                    tracing::error!("[{}] rollback of {id} incomplete: {undo:#}", ctx.domain);
+                }
                 return Err(e);
             }
         }
@@ -176,6 +149,13 @@ pub async fn attach(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<AttachedVolume> 
     )
 }
 
+/// Which spec and source a claim is for, as the record notes it.
+pub(crate) struct At<'a> {
+    pub index: usize,
+    pub source: VolumeSource,
+    pub device: &'a str,
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -183,7 +163,12 @@ fn unix_now() -> u64 {
 }
 
 /// A pool volume of this domain already attached here (a restarted daemon).
-async fn held_here(ctx: &Ctx<'_>, spec: &VolumeSpec, in_zone: &[Volume]) -> Result<Option<Claim>> {
+async fn held_here(
+    ctx: &Ctx<'_>,
+    at: &At<'_>,
+    spec: &VolumeSpec,
+    in_zone: &[Volume],
+) -> Result<Option<Claim>> {
     let pool = spec
         .pool_name
         .as_deref()
@@ -206,12 +191,11 @@ async fn held_here(ctx: &Ctx<'_>, spec: &VolumeSpec, in_zone: &[Volume]) -> Resu
             ctx.domain,
             spec.device
         );
+        ctx.ledger
+            .adopted(at.index, id, at.source, at.device, is_marked(volume));
         wait_attached(ctx, id).await?;
         return Ok(Some(Claim {
             volume_id: id.to_string(),
-            attached_now: false,
-            created: false,
-            marked: is_marked(volume),
         }));
     }
     Ok(None)
@@ -233,19 +217,24 @@ enum SourceError {
 }
 
 /// Source `x`: attach the given volume, or find it already attached here.
-async fn attach_given(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim, SourceError> {
+/// A volume ID that does not exist is an error, not a reason to try the
+/// next source: a new volume in its place would be an empty world.
+async fn attach_given(ctx: &Ctx<'_>, at: &At<'_>, spec: &VolumeSpec) -> Result<Claim, SourceError> {
     let id = spec
         .volume_id
         .as_deref()
         .expect("validated: x has a volume-id");
     let device = spec.device.as_str();
-    let volume = describe(ctx.ec2, id).await.map_err(|e| {
-        if e.to_string().contains("does not exist") {
-            SourceError::Unavailable(format!("{e:#}"))
-        } else {
-            SourceError::Failed(e)
+    let volume = match describe_opt(ctx.ec2, id).await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return Err(SourceError::Failed(anyhow!(
+                "volume {id} does not exist in {} (is the region right? AWS_REGION or the instance's region picks it)",
+                ctx.facts.region
+            )))
         }
-    })?;
+        Err(e) => return Err(SourceError::Failed(e)),
+    };
     let zone = volume.availability_zone().unwrap_or_default();
     if zone != ctx.facts.zone {
         return Err(SourceError::Unavailable(format!(
@@ -264,24 +253,20 @@ async fn attach_given(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim, SourceE
                 )));
             }
             tracing::info!("[{}] {id} is already attached here as {device}", ctx.domain);
+            ctx.ledger
+                .adopted(at.index, id, at.source, at.device, is_marked(&volume));
             wait_attached(ctx, id).await.map_err(SourceError::Failed)?;
             return Ok(Claim {
                 volume_id: id.to_string(),
-                attached_now: false,
-                created: false,
-                marked: is_marked(&volume),
             });
         }
         return Err(SourceError::Unavailable(format!(
             "{id} is attached to {holder}: it is not free"
         )));
     }
-    match attach_call(ctx, id, device, claim_marks(ctx, false)).await {
+    match attach_call(ctx, at, id, claim_marks(ctx, false)).await {
         Ok(()) => Ok(Claim {
             volume_id: id.to_string(),
-            attached_now: true,
-            created: false,
-            marked: true,
         }),
         Err(AttachError::Taken(code)) => Err(SourceError::Unavailable(format!(
             "{id} is not free ({code})"
@@ -290,62 +275,80 @@ async fn attach_given(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Claim, SourceE
     }
 }
 
+/// Whether `id` is attached (or attaching) to this instance now.
+async fn attached_here(ctx: &Ctx<'_>, id: &str) -> Result<bool> {
+    Ok(describe_opt(ctx.ec2, id).await?.is_some_and(|v| {
+        v.attachments()
+            .iter()
+            .any(|a| a.instance_id() == Some(&ctx.facts.instance_id))
+    }))
+}
+
 /// AttachVolume; then `marks` on the volume at once (so that an interrupted
 /// run leaves a trace), then wait until the attachment reads `attached`.
+/// The record hears of the attach before it is sent: an answer can be lost
+/// (or the bring-up cancelled) while the attachment lands.
 pub(crate) async fn attach_call(
     ctx: &Ctx<'_>,
+    at: &At<'_>,
     id: &str,
-    device: &str,
     marks: Vec<Tag>,
 ) -> Result<(), AttachError> {
     tracing::info!(
-        "[{}] attaching {id} to {} as {device}",
+        "[{}] attaching {id} to {} as {}",
         ctx.domain,
-        ctx.facts.instance_id
+        ctx.facts.instance_id,
+        at.device
     );
+    ctx.ledger.attach_sent(at.index, id, at.source, at.device);
     let sent = ctx
         .ec2
         .attach_volume()
         .volume_id(id)
         .instance_id(&ctx.facts.instance_id)
-        .device(device)
+        .device(at.device)
         .send()
         .await;
     if let Err(e) = sent {
         let code = aws::code(&e).map(String::from);
         let failed = ec2_error("AttachVolume", id, &e);
-        match code.as_deref() {
-            Some(code @ ("VolumeInUse" | "IncorrectState")) => {
-                // A retried call whose first answer was lost finds the
-                // volume attached here: that is a win, not a loss.
-                let here = describe(ctx.ec2, id).await.is_ok_and(|v| {
-                    v.attachments()
-                        .iter()
-                        .any(|a| a.instance_id() == Some(&ctx.facts.instance_id))
-                });
-                if !here {
-                    return Err(AttachError::Taken(code.to_string()));
-                }
+        // A retried call whose first answer was lost finds the volume
+        // attached here: that is a win, not a loss. A look that fails is
+        // neither: the record keeps the attach for the exit paths to find out.
+        match (code.as_deref(), attached_here(ctx, id).await) {
+            (_, Err(look)) => {
+                return Err(AttachError::Failed(
+                    failed.context(format!("and looking at {id} failed: {look:#}")),
+                ))
+            }
+            (_, Ok(true)) => {
                 tracing::info!("[{}] {id} turned out attached here after all", ctx.domain);
             }
-            _ => return Err(AttachError::Failed(failed)),
+            (Some(code @ ("VolumeInUse" | "IncorrectState")), Ok(false)) => {
+                ctx.ledger.not_attached(id);
+                return Err(AttachError::Taken(code.to_string()));
+            }
+            (_, Ok(false)) => {
+                ctx.ledger.not_attached(id);
+                return Err(AttachError::Failed(failed));
+            }
         }
     }
+    ctx.ledger.attached(id);
     let settled = async {
         if !marks.is_empty() {
             tags::set(ctx.ec2, id, marks).await?;
+            ctx.ledger.marked(id);
         }
         wait_attached(ctx, id).await
     };
     if let Err(e) = settled.await {
         // Not ours after all: give it back rather than hold it unmarked.
-        if let Err(undo) = detach_and_wait(ctx, id, false).await {
+        if let Err(undo) = settle_one(ctx, id, Ending::Rollback).await {
             tracing::error!(
                 "[{}] {id} could not be released after a failed attach: {undo:#}",
                 ctx.domain
             );
-        } else if let Err(untag) = tags::remove(ctx.ec2, id, &[tags::TRANSACTION]).await {
-            tracing::error!("[{}] {id}: {untag:#}", ctx.domain);
         }
         return Err(AttachError::Failed(e));
     }
@@ -361,21 +364,24 @@ pub(crate) fn claim_marks(ctx: &Ctx<'_>, pool: bool) -> Vec<Tag> {
     marks
 }
 
-/// Domain success: the claims are final, their marks go. Tried three
-/// times: a volume left marked `in-transit` would be deleted by the next
-/// run's clean-up, so a commit that cannot be made fails the domain.
-pub async fn commit(ctx: &Ctx<'_>, volumes: &[AttachedVolume]) -> Result<()> {
-    for v in volumes.iter().filter(|v| v.attached_now || v.marked) {
+/// Domain success: the claims in the record are final, their marks go.
+/// Tried three times: a volume left marked `in-transit` would be deleted by
+/// the next run's clean-up, so a commit that cannot be made fails the domain.
+pub async fn commit(ctx: &Ctx<'_>) -> Result<()> {
+    let held = ctx.ledger.snapshot();
+    for v in held
+        .volumes
+        .iter()
+        .filter(|v| !v.committed && v.on_this_instance())
+    {
+        if !(v.attached_now || v.marked) {
+            ctx.ledger.committed(&v.volume_id);
+            continue;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match tags::remove(
-                ctx.ec2,
-                &v.volume_id,
-                &[tags::TRANSACTION, tags::IN_TRANSIT],
-            )
-            .await
-            {
+            match unmark(ctx, &v.volume_id).await {
                 Ok(()) => break,
                 Err(e) if attempt >= 3 => {
                     return Err(e.context(format!("committing the claim of {}", v.volume_id)))
@@ -390,51 +396,125 @@ pub async fn commit(ctx: &Ctx<'_>, volumes: &[AttachedVolume]) -> Result<()> {
                 }
             }
         }
+        ctx.ledger.committed(&v.volume_id);
     }
     Ok(())
 }
 
-/// Domain failure: undo what this run did, newest first. Errors are logged;
-/// what could not be undone is left for the next run's clean-up.
-pub async fn rollback(ctx: &Ctx<'_>, volumes: &[AttachedVolume]) {
-    for v in volumes.iter().rev() {
-        undo(ctx, v).await;
+/// Removes both transaction marks.
+async fn unmark(ctx: &Ctx<'_>, id: &str) -> Result<()> {
+    tags::remove(ctx.ec2, id, &[tags::TRANSACTION, tags::IN_TRANSIT]).await?;
+    ctx.ledger.unmarked(id);
+    Ok(())
+}
+
+/// Leaves every uncommitted volume of the record as `ending` asks, newest
+/// first. Returns what could not be done (also logged); what is left marked
+/// the next run's clean-up finds.
+pub async fn settle(ctx: &Ctx<'_>, ending: Ending) -> Vec<String> {
+    let ids: Vec<String> = ctx
+        .ledger
+        .snapshot()
+        .volumes
+        .iter()
+        .rev()
+        .map(|v| v.volume_id.clone())
+        .collect();
+    let mut errors = Vec::new();
+    for id in ids {
+        if let Err(e) = settle_one(ctx, &id, ending).await {
+            let what = match ending {
+                Ending::Rollback => "rollback",
+                Ending::Keep => "keeping",
+            };
+            tracing::error!("[{}] {what} of {id} incomplete: {e:#}", ctx.domain);
+            errors.push(format!("{what} of {id} incomplete: {e:#}"));
+        }
+    }
+    errors
+}
+
+/// Finds out, for every AttachVolume of the record whose answer never
+/// came (a lost answer, a cancelled bring-up), whether it landed, so that
+/// hooks and releases see what is really attached.
+pub async fn find_out(ctx: &Ctx<'_>) {
+    let unanswered: Vec<String> = ctx
+        .ledger
+        .snapshot()
+        .volumes
+        .iter()
+        .filter(|v| v.stage == ledger::Stage::Attaching)
+        .map(|v| v.volume_id.clone())
+        .collect();
+    for id in unanswered {
+        if let Err(e) = find_out_one(ctx, &id).await {
+            tracing::error!(
+                "[{}] cannot tell whether {id} is attached here: {e:#}",
+                ctx.domain
+            );
+        }
     }
 }
 
-/// Undoes one volume's claim: detach what this run attached, delete what
-/// it created, drop the transaction mark.
-async fn undo(ctx: &Ctx<'_>, v: &AttachedVolume) {
-    if !v.attached_now {
-        return;
-    }
-    tracing::warn!("[{}] rolling back: releasing {}", ctx.domain, v.volume_id);
-    let result = async {
-        detach_and_wait(ctx, &v.volume_id, false).await?;
-        if v.created {
-            delete_volume(ctx, &v.volume_id).await
-        } else {
-            tags::remove(ctx.ec2, &v.volume_id, &[tags::TRANSACTION]).await
-        }
-    };
-    if let Err(e) = result.await {
-        tracing::error!(
-            "[{}] rollback of {} incomplete: {e:#}",
-            ctx.domain,
-            v.volume_id
+async fn find_out_one(ctx: &Ctx<'_>, id: &str) -> Result<()> {
+    if attached_here(ctx, id).await? {
+        tracing::info!(
+            "[{}] {id}: its AttachVolume landed though no answer came",
+            ctx.domain
         );
+        wait_attached(ctx, id).await?;
+        ctx.ledger.attached(id);
+    } else {
+        ctx.ledger.not_attached(id);
+    }
+    Ok(())
+}
+
+/// One volume of [`settle`].
+async fn settle_one(ctx: &Ctx<'_>, id: &str, ending: Ending) -> Result<()> {
+    loop {
+        let Some(v) = ctx.ledger.snapshot().volume(id).cloned() else {
+            return Ok(());
+        };
+        let steps = ledger::steps(&v, ending);
+        if steps.is_empty() {
+            return Ok(());
+        }
+        if steps == [Step::FindOut] {
+            find_out_one(ctx, id).await?;
+            continue;
+        }
+        if ending == Ending::Rollback {
+            tracing::warn!("[{}] rolling back: releasing {id}", ctx.domain);
+        }
+        for step in steps {
+            match step {
+                Step::FindOut => unreachable!("found out above"),
+                Step::Detach => {
+                    detach_and_wait(ctx, id, false).await?;
+                    ctx.ledger.released(id);
+                }
+                Step::Delete => {
+                    delete_volume(ctx, id).await?;
+                    ctx.ledger.released(id);
+                }
+                Step::Unmark => unmark(ctx, id).await?,
+            }
+        }
+        return Ok(());
     }
 }
 
 /// `detach-on`: give the volume up so that a successor can attach it.
-pub async fn release(ctx: &Ctx<'_>, v: &AttachedVolume, force: bool) -> Result<()> {
+pub async fn release(ctx: &Ctx<'_>, id: &str, force: bool) -> Result<()> {
     tracing::info!(
-        "[{}] releasing {} ({}detach)",
+        "[{}] releasing {id} ({}detach)",
         ctx.domain,
-        v.volume_id,
         if force { "forced " } else { "" }
     );
-    detach_and_wait(ctx, &v.volume_id, force).await
+    detach_and_wait(ctx, id, force).await?;
+    ctx.ledger.released(id);
+    Ok(())
 }
 
 async fn detach_and_wait(ctx: &Ctx<'_>, id: &str, force: bool) -> Result<()> {
@@ -489,22 +569,19 @@ pub(crate) async fn delete_volume(ctx: &Ctx<'_>, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The volume, or `None` when EC2 says it does not exist
+/// (`InvalidVolume.NotFound`).
+pub(crate) async fn describe_opt(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Option<Volume>> {
+    match ec2.describe_volumes().volume_ids(id).send().await {
+        Ok(out) => Ok(out.volumes().first().cloned()),
+        Err(e) if aws::code(&e) == Some("InvalidVolume.NotFound") => Ok(None),
+        Err(e) => Err(ec2_error("DescribeVolumes", id, &e)),
+    }
+}
+
 pub(crate) async fn describe(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Volume> {
-    let out = ec2
-        .describe_volumes()
-        .volume_ids(id)
-        .send()
-        .await
-        .map_err(|e| {
-            if aws::code(&e) == Some("InvalidVolume.NotFound") {
-                anyhow!("volume {id} does not exist in this region")
-            } else {
-                ec2_error("DescribeVolumes", id, &e)
-            }
-        })?;
-    out.volumes()
-        .first()
-        .cloned()
+    describe_opt(ec2, id)
+        .await?
         .ok_or_else(|| anyhow!("volume {id} does not exist in this region"))
 }
 

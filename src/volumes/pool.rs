@@ -7,7 +7,7 @@ use anyhow::Result;
 use aws_sdk_ec2::types::{Filter, Volume, VolumeState};
 use tokio::time::Instant;
 
-use super::{attach_call, claim_marks, tags, AttachError, Claim, Ctx};
+use super::{attach_call, claim_marks, tags, At, AttachError, Claim, Ctx};
 use crate::config::{PoolPref, VolumeSpec};
 
 /// A free pool volume, as ordering sees it.
@@ -123,8 +123,9 @@ pub async fn in_zone(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Vec<Volume>> {
 /// Claims a free volume of `volumes` (the pool as [`in_zone`] found it),
 /// looking again until `wait-available` has passed. `Ok(None)` when the
 /// pool had nothing free: the next source is tried.
-pub async fn claim(
+pub(crate) async fn claim(
     ctx: &Ctx<'_>,
+    at: &At<'_>,
     spec: &VolumeSpec,
     mut volumes: Vec<Volume>,
 ) -> Result<Option<Claim>> {
@@ -150,15 +151,10 @@ pub async fn claim(
         let order = order_candidates(free, spec.pool_pref, launch_index, &ctx.facts.instance_id);
         let tried = order.len();
         for volume_id in order {
-            match attach_call(ctx, &volume_id, &spec.device, claim_marks(ctx, true)).await {
+            match attach_call(ctx, at, &volume_id, claim_marks(ctx, true)).await {
                 Ok(()) => {
                     tracing::info!("[{}] claimed {volume_id} from pool {pool:?}", ctx.domain);
-                    return Ok(Some(Claim {
-                        volume_id,
-                        attached_now: true,
-                        created: false,
-                        marked: true,
-                    }));
+                    return Ok(Some(Claim { volume_id }));
                 }
                 Err(AttachError::Taken(code)) => {
                     tracing::info!("[{}] {volume_id} of pool {pool:?} was taken first ({code}); trying the next", ctx.domain);

@@ -1,0 +1,621 @@
+//! The daemon's loop: one match on the [`State`], each phase returning the
+//! [`Input`] (and its cause) that moves the daemon on, until a final state
+//! runs its hooks, releases what the domains hold and reports.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::anyhow;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::domain::{DomainRun, Shared};
+use super::signals::Signals;
+use super::{return_freed_memory, Input, Options, Outcome, State};
+use crate::config::{Config, Event};
+use crate::hooks::{OnFailure, Policy};
+use crate::imds::{ImdsClient, Observation, Watcher};
+use crate::systemd;
+use crate::volumes;
+
+/// The warning a spot notice gives, assumed when its time does not parse.
+const SPOT_WARNING: Duration = Duration::from_secs(120);
+/// The time the `terminating` hooks get: Auto Scaling does not say.
+const TERMINATION_BUDGET: Duration = Duration::from_secs(120);
+/// The time a stop or a failure gets in all: the units' `TimeoutStopSec`,
+/// after which systemd kills what is left.
+const STOP_BUDGET: Duration = Duration::from_secs(120);
+/// How long the end waits for `started` notifications still being retried.
+const STARTED_NOTES_GRACE: Duration = Duration::from_secs(10);
+
+/// How a phase ended: the input, and what caused it.
+struct Step {
+    input: Input,
+    error: Option<anyhow::Error>,
+    /// Why init failed, for the log lines of the way out.
+    why: &'static str,
+    observation: Option<Observation>,
+}
+
+impl Step {
+    fn of(input: Input) -> Step {
+        Step {
+            input,
+            error: None,
+            why: "",
+            observation: None,
+        }
+    }
+
+    fn failed(why: &'static str, error: anyhow::Error) -> Step {
+        Step {
+            error: Some(error),
+            why,
+            ..Step::of(Input::InitFailed)
+        }
+    }
+
+    /// A spot notice or a termination.
+    fn observed(o: Observation) -> Step {
+        let input = match o {
+            Observation::Spot(_) => Input::Notice,
+            Observation::Terminating => Input::Termination,
+            _ => unreachable!("only final observations end a phase"),
+        };
+        Step {
+            observation: Some(o),
+            ..Step::of(input)
+        }
+    }
+}
+
+/// How a guarded phase of init ended.
+enum Phase<T> {
+    Done(T),
+    TimedOut(anyhow::Error),
+    Stopped,
+    /// A spot notice or a termination arrived first.
+    Ended(Observation),
+}
+
+impl<T> Phase<T> {
+    /// The step for an init phase cut short.
+    fn cut(self) -> Result<T, Step> {
+        match self {
+            Phase::Done(v) => Ok(v),
+            Phase::TimedOut(e) => Err(Step::failed("init timed out", e)),
+            Phase::Stopped => Err(Step::of(Input::Signal)),
+            Phase::Ended(o) => Err(Step::observed(o)),
+        }
+    }
+}
+
+pub(super) struct Daemon {
+    config: Config,
+    shared: Arc<Shared>,
+    options: Options,
+    imds: Arc<ImdsClient>,
+    signals: Signals,
+    /// Every domain, with its record; bring-up works on clones that share
+    /// the record, so that what a cancelled bring-up did is known here.
+    runs: Vec<DomainRun>,
+    /// The `started` notifications, sent while the watch runs.
+    started_notes: Mutex<Option<JoinHandle<()>>>,
+    /// Rebalance and maintenance notifications, sent while the watch runs.
+    news_notes: Mutex<Vec<(Event, JoinHandle<()>)>>,
+}
+
+impl Daemon {
+    pub fn new(
+        config: Config,
+        shared: Arc<Shared>,
+        options: Options,
+        imds: Arc<ImdsClient>,
+        signals: Signals,
+        runs: Vec<DomainRun>,
+    ) -> Daemon {
+        Daemon {
+            config,
+            shared,
+            options,
+            imds,
+            signals,
+            runs,
+            started_notes: Mutex::default(),
+            news_notes: Mutex::default(),
+        }
+    }
+
+    pub async fn live(self) -> Outcome {
+        let started_at = Instant::now();
+        let n = self.config.domains.len();
+        systemd::status(&format!("starting: bringing up {n} domain(s)"));
+        tracing::info!("starting: bringing up {n} domain(s)");
+        // `timeout` covers bring-up and the started hooks.
+        let deadline = self.config.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut watcher = Watcher::new(self.imds.clone(), self.options.poll_interval);
+        let mut state = State::Starting;
+        loop {
+            let step = match state {
+                State::Starting => self.bring_up(deadline, &mut watcher).await,
+                State::Started => {
+                    self.start_applications(deadline, &mut watcher, started_at)
+                        .await
+                }
+                State::Watching => self.watch(&mut watcher).await,
+                State::Failed | State::Stopping | State::Interrupted | State::Terminating => {
+                    unreachable!("a final state ends the loop")
+                }
+            };
+            let next = state
+                .next(step.input)
+                .unwrap_or_else(|| unreachable!("{:?} does not happen in {state:?}", step.input));
+            if next.is_final() {
+                return self.finish(next, step).await;
+            }
+            state = next;
+        }
+    }
+
+    /// `Starting`: every domain in parallel, after cleaning up what an
+    /// earlier run left. A bring-up cut short (timeout, notice, signal) is
+    /// cancelled — its hooks' process groups go with it — before anything
+    /// reads the record of what it did.
+    async fn bring_up(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        watcher: &mut Watcher,
+    ) -> Step {
+        // A config without volumes has none to clean up (and needs no EC2
+        // permission at all).
+        let has_volumes = self.config.domains.iter().any(|d| !d.volumes.is_empty());
+        let mut tasks = JoinSet::new();
+        let all = {
+            let tasks = &mut tasks;
+            async move {
+                if has_volumes {
+                    let s = &self.shared;
+                    match volumes::sweep(
+                        &s.clients.ec2,
+                        &s.facts,
+                        &s.device_root,
+                        &s.transaction_id,
+                    )
+                    .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!("cleaned up {n} volume(s) left by an interrupted run")
+                        }
+                        // Bring-up still tries: what it needs may be unaffected.
+                        Err(e) => tracing::error!("cleaning up after an interrupted run: {e:#}"),
+                    }
+                }
+                for (i, run) in self.runs.iter().enumerate() {
+                    let (shared, run) = (self.shared.clone(), run.clone());
+                    tasks.spawn(async move { (i, run.bring_up(&shared).await) });
+                }
+                let mut errors = Vec::new();
+                while let Some(joined) = tasks.join_next().await {
+                    match joined {
+                        Ok((_, Ok(()))) => {}
+                        Ok((i, Err(e))) => {
+                            let name = &self.runs[i].domain.name;
+                            tracing::error!("[{name}] bring-up failed: {e:#}");
+                            errors.push(format!("domain {name:?}: {e:#}"));
+                        }
+                        Err(e) => errors.push(format!("a domain's task ended abnormally: {e}")),
+                    }
+                }
+                errors.sort();
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(anyhow!("{}", errors.join("; ")))
+                }
+            }
+        };
+        let phase = self.guarded(all, deadline, watcher).await;
+        tasks.shutdown().await;
+        match phase.cut() {
+            Ok(Ok(())) => {
+                self.set_hostname();
+                Step::of(Input::BroughtUp)
+            }
+            Ok(Err(e)) => Step::failed("bring-up failed", e),
+            Err(step) => step,
+        }
+    }
+
+    /// `Started`: the `started` hooks of every domain; then READY, and the
+    /// `started` notifications go out while the watch begins (a slow or
+    /// unreachable endpoint holds neither READY nor the watch).
+    async fn start_applications(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        watcher: &mut Watcher,
+        started_at: Instant,
+    ) -> Step {
+        match self
+            .guarded(self.started_hooks(), deadline, watcher)
+            .await
+            .cut()
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Step::failed("started hooks failed", e),
+            Err(step) => return step,
+        }
+        let (shared, runs) = (self.shared.clone(), self.runs.clone());
+        let notes = tokio::spawn(async move {
+            futures_util::future::join_all(
+                runs.iter().map(|r| r.notify(&shared, Event::Started, None)),
+            )
+            .await;
+            return_freed_memory();
+        });
+        *self.started_notes.lock().expect("not poisoned") = Some(notes);
+        let took = started_at.elapsed().as_secs_f64();
+        let line = format!(
+            "started: {} domain(s) up in {took:.2}s; watching for spot interruptions",
+            self.runs.len()
+        );
+        tracing::info!("{line}");
+        systemd::ready(&line);
+        Step::of(Input::InitDone)
+    }
+
+    /// `started` hooks of every domain in parallel.
+    async fn started_hooks(&self) -> anyhow::Result<()> {
+        let policy = &Policy::new(OnFailure::Stop);
+        let results = futures_util::future::join_all(self.runs.iter().map(|r| async move {
+            let since = Instant::now();
+            let result = r.run_hooks(Event::Started, policy).await;
+            r.time("started-hooks", since);
+            result
+        }))
+        .await;
+        let errors: Vec<String> = self
+            .runs
+            .iter()
+            .zip(results)
+            .filter_map(|(r, res)| {
+                res.err()
+                    .map(|f| format!("domain {:?}: {}", r.domain.name, f.join("; ")))
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(anyhow!("started hooks failed: {}", errors.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// `Watching`: the next thing IMDS or a signal tells. News runs its
+    /// hooks while the watch goes on: a notice or a signal that comes
+    /// meanwhile cuts them short and takes over at once; news notifications
+    /// go out in the background and never hold a notice up.
+    async fn watch(&self, watcher: &mut Watcher) -> Step {
+        let Some(observation) = watcher.next(&self.signals.stop, false).await else {
+            tracing::info!("signal received: stopping");
+            return Step::of(Input::Signal);
+        };
+        if observation.is_final() {
+            return Step::observed(observation);
+        }
+        let (event, detail) = match &observation {
+            Observation::Rebalance(time) => {
+                (Event::Rebalance, format!("rebalance recommended at {time}"))
+            }
+            Observation::Maintenance(events) => (
+                Event::Maintenance,
+                format!("maintenance scheduled: {events}"),
+            ),
+            _ => unreachable!("final observations end the watch"),
+        };
+        tracing::warn!("{detail}");
+        systemd::status(&format!("{event}: running hooks; still watching"));
+        let hurry = self.signals.hurry.child_token();
+        let policy = Policy {
+            hurry: hurry.clone(),
+            ..Policy::new(OnFailure::Continue)
+        };
+        let hooks =
+            futures_util::future::join_all(self.runs.iter().map(|r| r.run_hooks(event, &policy)));
+        tokio::pin!(hooks);
+        let overtaken = tokio::select! {
+            _ = &mut hooks => None,
+            o = watcher.next(&self.signals.stop, true) => Some(o),
+        };
+        if let Some(o) = overtaken {
+            tracing::warn!("{event}: its hooks are cut short: something more urgent came");
+            hurry.cancel();
+            hooks.await;
+            return match o {
+                Some(o) => Step::observed(o),
+                None => Step::of(Input::Signal),
+            };
+        }
+        let (shared, runs) = (self.shared.clone(), self.runs.clone());
+        let notes = tokio::spawn(async move {
+            futures_util::future::join_all(runs.iter().map(|r| r.notify(&shared, event, None)))
+                .await;
+        });
+        let mut pending = self.news_notes.lock().expect("not poisoned");
+        pending.retain(|(_, h)| !h.is_finished());
+        pending.push((event, notes));
+        systemd::status("watching for spot interruptions");
+        Step::of(Input::News)
+    }
+
+    /// Runs a phase of init under the init deadline, giving way to a signal
+    /// and to a spot notice or termination (whose deadline matters more).
+    async fn guarded<T>(
+        &self,
+        phase: impl std::future::Future<Output = T>,
+        deadline: Option<tokio::time::Instant>,
+        watcher: &mut Watcher,
+    ) -> Phase<T> {
+        let timed = async {
+            match deadline {
+                Some(d) => match tokio::time::timeout_at(d, phase).await {
+                    Ok(v) => Phase::Done(v),
+                    Err(_) => Phase::TimedOut(anyhow!(
+                        "init did not finish within the timeout of {}s",
+                        self.config.timeout.unwrap_or_default().as_secs_f64()
+                    )),
+                },
+                None => Phase::Done(phase.await),
+            }
+        };
+        let ended = async {
+            match watcher.next(&self.signals.stop, true).await {
+                Some(o) => o,
+                // A stop: the branch below answers it.
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            p = timed => p,
+            _ = self.signals.stop.cancelled() => Phase::Stopped,
+            o = ended => {
+                tracing::warn!("a notice arrived during init: cancelling init");
+                Phase::Ended(o)
+            }
+        }
+    }
+
+    /// The last phase: every domain's hooks for the final state (sharing
+    /// the time until the deadline, less the reserve), its releases, then
+    /// notifications by the deadline. A stop or a failure has the units'
+    /// stop timeout; a notice that arrives meanwhile moves the deadline up.
+    async fn finish(mut self, state: State, step: Step) -> Outcome {
+        debug_assert!(state.is_final());
+        let event = state.event();
+        self.give_up_news();
+        let deadline = match &step.observation {
+            Some(Observation::Spot(n)) => {
+                tracing::warn!("spot interruption notice: {} at {}", n.action, n.time);
+                for run in &mut self.runs {
+                    run.values.set("interrupt_action", n.action.clone());
+                    run.values.set("interrupt_time", n.time.clone());
+                }
+                notice_deadline(&n.time)
+            }
+            Some(Observation::Terminating) => {
+                tracing::warn!("Auto Scaling is terminating this instance");
+                SystemTime::now() + TERMINATION_BUDGET
+            }
+            _ => SystemTime::now() + STOP_BUDGET,
+        };
+        let error_text = step
+            .error
+            .as_ref()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        for run in &mut self.runs {
+            run.values.set("error", error_text.clone());
+            if step.error.is_some() {
+                run.ledger.with(|h| {
+                    if !h.errors.iter().any(|e| error_text.contains(e.as_str())) {
+                        h.errors.push(error_text.clone());
+                    }
+                });
+            }
+        }
+        let left = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let reserve = self.options.shutdown_reserve;
+        let (until, until_rx) = watch::channel(tokio::time::Instant::now() + left);
+        let budget = left.saturating_sub(reserve);
+        tracing::info!(
+            "{event}: {:.0}s until the deadline; hooks get {:.0}s, {:.0}s kept for releasing and reporting",
+            left.as_secs_f64(),
+            budget.as_secs_f64(),
+            reserve.as_secs_f64()
+        );
+        let line = match &step.error {
+            Some(e) => format!("{event}: {e:#}"),
+            None => format!("{event}: running hooks"),
+        };
+        systemd::stopping(&line);
+        tracing::info!("{line}");
+        let cut = self.signals.hurry.child_token();
+        let notice_watch = matches!(state, State::Failed | State::Stopping)
+            .then(|| self.watch_during_end(event, until, cut.clone()));
+        let policy = Policy {
+            deadline: Some(tokio::time::Instant::now() + budget),
+            hurry: cut,
+            ..Policy::new(OnFailure::Continue)
+        };
+        let shared = &self.shared;
+        let policy = &policy;
+        let results = futures_util::future::join_all(self.runs.iter().map(|r| {
+            let until = until_rx.clone();
+            async move {
+                // How many hooks failed.
+                let work = async {
+                    if event == Event::Failed {
+                        let (ok, failed) = r.unwind(shared, policy, step.why).await;
+                        r.release_for(shared, event, ok).await;
+                        failed
+                    } else {
+                        r.end(shared, event, policy).await.err().map_or(0, |f| f.len())
+                    }
+                };
+                tokio::select! {
+                    failed = work => failed,
+                    _ = passed(until) => {
+                        tracing::error!(
+                            "[{}] {event}: the deadline passed before everything was released: given up",
+                            r.domain.name
+                        );
+                        r.ledger.error("the deadline passed before everything was released");
+                        0
+                    }
+                }
+            }
+        }))
+        .await;
+        if let Some(w) = notice_watch {
+            w.abort();
+        }
+        let until = Some(*until_rx.borrow());
+        // `started` before this event, for whoever reads them in order.
+        self.settle_started_notes(until).await;
+        futures_util::future::join_all(
+            self.runs
+                .iter()
+                .map(|r| r.notify(&self.shared, event, until)),
+        )
+        .await;
+        let failed_hooks: usize = results.iter().sum();
+        if failed_hooks > 0 {
+            tracing::warn!("{event}: {failed_hooks} hook(s) failed");
+        }
+        match step.error {
+            Some(e) => Outcome::Failed(e),
+            None => {
+                tracing::info!("{event}: done");
+                Outcome::Clean(state)
+            }
+        }
+    }
+
+    /// While a stop or a failure runs its hooks, IMDS is still watched: a
+    /// spot notice or a termination moves the deadline up, and the hooks
+    /// are cut by its time less the reserve.
+    fn watch_during_end(
+        &self,
+        event: Event,
+        until: watch::Sender<tokio::time::Instant>,
+        cut: CancellationToken,
+    ) -> JoinHandle<()> {
+        let mut watcher = Watcher::new(self.imds.clone(), self.options.poll_interval);
+        let reserve = self.options.shutdown_reserve;
+        tokio::spawn(async move {
+            let never = CancellationToken::new();
+            let left = match watcher.next(&never, true).await {
+                Some(Observation::Spot(n)) => {
+                    tracing::warn!(
+                        "spot interruption notice during {event}: {} at {}",
+                        n.action,
+                        n.time
+                    );
+                    notice_deadline(&n.time)
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default()
+                }
+                Some(Observation::Terminating) => {
+                    tracing::warn!("Auto Scaling terminates this instance during {event}");
+                    TERMINATION_BUDGET
+                }
+                _ => return,
+            };
+            let sooner = tokio::time::Instant::now() + left;
+            if sooner < *until.borrow() {
+                until.send_replace(sooner);
+                tracing::warn!(
+                    "{event}: the deadline moves up: {:.0}s left, hooks cut in {:.0}s",
+                    left.as_secs_f64(),
+                    left.saturating_sub(reserve).as_secs_f64()
+                );
+            }
+            let hooks_until = *until.borrow() - reserve.min(left);
+            tokio::time::sleep_until(hooks_until).await;
+            cut.cancel();
+        })
+    }
+
+    /// News notifications still being retried are given up: a final event
+    /// goes first.
+    fn give_up_news(&self) {
+        for (event, notes) in self.news_notes.lock().expect("not poisoned").drain(..) {
+            if !notes.is_finished() {
+                notes.abort();
+                tracing::warn!("{event} notifications not delivered yet: given up");
+            }
+        }
+    }
+
+    /// `started` notifications still being retried get a short grace (at
+    /// most until `until`), then are given up: the daemon is about to exit.
+    async fn settle_started_notes(&self, until: Option<tokio::time::Instant>) {
+        let Some(mut notes) = self.started_notes.lock().expect("not poisoned").take() else {
+            return;
+        };
+        let grace = tokio::time::Instant::now() + STARTED_NOTES_GRACE;
+        let until = until.map_or(grace, |u| u.min(grace));
+        if tokio::time::timeout_at(until, &mut notes).await.is_err() {
+            notes.abort();
+            tracing::warn!("started notifications still being retried: given up");
+        }
+    }
+
+    fn set_hostname(&self) {
+        let Some(template) = &self.config.hostname else {
+            return;
+        };
+        // Instance-wide: rendered with the first domain's values, as before.
+        let values = self.runs.first().map_or_else(
+            || self.shared.base_values.clone(),
+            |r| r.values_for(Event::Starting, &r.ledger.snapshot(), None),
+        );
+        let name = template.render(&values);
+        if !self.options.set_hostname {
+            tracing::info!("hostname would be {name:?}; left unchanged (--keep-hostname)");
+            return;
+        }
+        match nix::unistd::sethostname(&name) {
+            Ok(()) => tracing::info!("hostname set to {name:?}"),
+            // Not critical, as in the Python daemon: the application still runs.
+            Err(e) => tracing::error!("setting the hostname to {name:?} failed: {e}"),
+        }
+    }
+}
+
+/// When a spot notice's instance goes: its time, or two minutes from now
+/// when the time does not parse.
+fn notice_deadline(time: &str) -> SystemTime {
+    humantime::parse_rfc3339_weak(time).unwrap_or_else(|_| {
+        tracing::warn!("the notice's time {time:?} does not parse; assuming two minutes");
+        SystemTime::now() + SPOT_WARNING
+    })
+}
+
+/// Resolves once the deadline `until` holds has passed (it may move up).
+async fn passed(mut until: watch::Receiver<tokio::time::Instant>) {
+    loop {
+        let at = *until.borrow_and_update();
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => return,
+            changed = until.changed() => {
+                if changed.is_err() {
+                    // The sender is gone: the deadline stays as it was.
+                    tokio::time::sleep_until(at).await;
+                    return;
+                }
+            }
+        }
+    }
+}

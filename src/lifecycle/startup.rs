@@ -1,0 +1,153 @@
+//! Start-up: the config (from a file or user data) and the instance's
+//! facts, the AWS clients, then the daemon's loop.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::domain::{DomainRun, Shared};
+use super::phases::Daemon;
+use super::signals::Signals;
+use super::{ConfigSource, Options, Outcome};
+use crate::aws::{self, Clients};
+use crate::config::{Config, ConfigErrors, MacroValues};
+use crate::imds::{ImdsClient, InstanceFacts};
+use crate::systemd;
+
+/// Runs the daemon to the end of the instance's life.
+pub async fn run(options: Options) -> Outcome {
+    let signals = Signals::listen();
+    systemd::spawn_watchdog();
+    let imds = Arc::new(ImdsClient::from_env());
+    systemd::status("starting: reading the config and instance metadata");
+
+    let config = match &options.config {
+        ConfigSource::File(path) => match Config::from_file(path) {
+            Ok(c) => c,
+            Err(e) => return Outcome::BadConfig(e),
+        },
+        ConfigSource::UserData => match read_user_data_config(&imds).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Outcome::BadConfig(e),
+            Err(e) => return Outcome::Failed(e),
+        },
+    };
+    let facts = match InstanceFacts::read(&imds).await {
+        Ok(f) => f,
+        Err(e) => return Outcome::Failed(anyhow!(e).context("reading instance metadata")),
+    };
+    tracing::info!(
+        "instance {} ({}, {}, launch index {}), public {}",
+        facts.instance_id,
+        facts.instance_type,
+        facts.zone,
+        facts.launch_index,
+        [facts.public_ipv4.join(", "), facts.public_ipv6.join(", ")]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let region = aws::region_from_env().unwrap_or_else(|| facts.region.clone());
+    let clients = Clients::load(&region).await;
+    let transaction_id = transaction_id(&facts.instance_id, &options.config);
+    let shared = Arc::new(Shared {
+        base_values: base_values(&facts, &transaction_id),
+        clients,
+        facts,
+        device_root: options.device_root.clone(),
+        transaction_id,
+    });
+    let runs = config
+        .domains
+        .iter()
+        .map(|d| DomainRun::new(&shared, d.clone()))
+        .collect();
+    Daemon::new(config, shared, options, imds, signals, runs)
+        .live()
+        .await
+}
+
+pub(super) fn base_values(facts: &InstanceFacts, transaction_id: &str) -> MacroValues {
+    let mut v = MacroValues::default();
+    v.set("instance_id", facts.instance_id.clone());
+    v.set("instance_type", facts.instance_type.clone());
+    v.set("instance_index", facts.launch_index.clone());
+    v.set("placement_region", facts.region.clone());
+    v.set("placement_zone", facts.zone.clone());
+    v.set("hypervisor", facts.hypervisor.clone());
+    v.set(
+        "primary_public_ipv4",
+        facts.primary_ipv4().unwrap_or_default(),
+    );
+    v.set(
+        "primary_public_ipv6",
+        facts.primary_ipv6().unwrap_or_default(),
+    );
+    v.set(
+        "primary_private_ipv4",
+        facts.private_ipv4.clone().unwrap_or_default(),
+    );
+    v.set("public_ipv4_list", facts.public_ipv4.join(", "));
+    v.set("public_ipv6_list", facts.public_ipv6.join(", "));
+    v.set("pid", std::process::id().to_string());
+    v.set("transaction_id", transaction_id);
+    v
+}
+
+/// Unique per run: `INSTANCE-SCOPE-TIME`. The instance and the config's
+/// name (several `ec2fleetd@NAME` may run on one instance) let a later run
+/// of the same daemon recognise what an earlier one left.
+fn transaction_id(instance_id: &str, source: &ConfigSource) -> String {
+    let scope = match source {
+        ConfigSource::UserData => "user_data".to_string(),
+        ConfigSource::File(path) => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '@' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+    };
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{instance_id}-{scope}-{nanos:x}")
+}
+
+/// The config from user data; `Ok(Err)` when the user data is not a usable
+/// config (missing, not text, invalid), `Err` when IMDS could not be read.
+async fn read_user_data_config(imds: &ImdsClient) -> Result<Result<Config, ConfigErrors>> {
+    let data = imds
+        .user_data()
+        .await
+        .context("reading the config from user data")?;
+    let bad = |message: &str| {
+        Ok(Err(ConfigErrors {
+            source: "user data".into(),
+            problems: vec![crate::config::Problem {
+                line: 1,
+                column: 1,
+                path: "$".into(),
+                message: message.into(),
+            }],
+        }))
+    };
+    let data = data.unwrap_or_default();
+    if data.iter().all(u8::is_ascii_whitespace) {
+        return bad(
+            "this instance has no user data: put the config there, or give it with --config FILE",
+        );
+    }
+    match String::from_utf8(data) {
+        Ok(text) => Ok(Config::from_text("user data", &text)),
+        Err(_) => bad("the user data is neither UTF-8 text nor gzip of it"),
+    }
+}
