@@ -51,6 +51,10 @@ enum Command {
         /// volumes, DNS and notifications.
         #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
         shutdown_reserve: Duration,
+        /// Seconds a stop (SIGTERM) or a failure may take in all, hooks,
+        /// releases and notifications: the units' TimeoutStopSec.
+        #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_seconds)]
+        stop_timeout: Duration,
     },
     /// Run the `interrupted` hooks as if a spot notice arrived now, with no
     /// AWS changes, and time each against the budget.
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
             poll_interval,
             keep_hostname,
             shutdown_reserve,
+            stop_timeout,
         } => {
             let options = lifecycle::Options {
                 config: config.map_or(ConfigSource::UserData, ConfigSource::File),
@@ -150,6 +155,7 @@ fn main() -> ExitCode {
                 poll_interval,
                 set_hostname: !keep_hostname,
                 shutdown_reserve,
+                stop_timeout,
             };
             block_on(lifecycle::run(options))
         }

@@ -49,6 +49,10 @@ DEFAULTS = {
         "snapshot": 0.0,  # pending -> completed
         "route53_insync": 0.0,  # PENDING -> INSYNC
         "device": 0.0,  # attached -> block device present
+        # A volume just created is unknown to DescribeVolumes this long
+        # (InvalidVolume.NotFound by ID, absent from lists): EC2's API is
+        # eventually consistent.
+        "volume_visible": 0.0,
     },
     # Added to every call, in milliseconds.
     "latency_ms": 0,
@@ -60,6 +64,10 @@ DEFAULTS = {
     # carried out by moto with the answer lost on the way back ("lose_answer_next").
     "fail_next": {},
     "lose_answer_next": {},
+    # Per action, the next N calls wait: {"count": N, "seconds": S, "when":
+    # "before"} (before moto sees the call) or "after" (moto has done the
+    # work; the answer comes S seconds late).
+    "delay_next": {},
     # Seconds a hosted zone stays busy after a change: another change to it
     # meanwhile is refused with PriorRequestNotComplete, as Route53 does
     # when it cannot process a change before the next one arrives.
@@ -131,6 +139,7 @@ _orig_create_volume = ebs.EBSBackend.create_volume
 _orig_attach_volume = ebs.EBSBackend.attach_volume
 _orig_detach_volume = ebs.EBSBackend.detach_volume
 _orig_create_snapshot = ebs.EBSBackend.create_snapshot
+_orig_describe_volumes = ebs.EBSBackend.describe_volumes
 
 
 def _volume_status(self):
@@ -202,6 +211,7 @@ def create_volume(self, size, zone_name, snapshot_id=None, *args, **kwargs):
                 )
         volume = _orig_create_volume(self, size, zone_name, snapshot_id, *args, **kwargs)
         volume.__dict__["_available_at"] = now() + delay("volume_create")
+        volume.__dict__["_visible_at"] = now() + delay("volume_visible")
         return volume
 
 
@@ -283,6 +293,23 @@ def create_snapshot(self, *args, **kwargs):
         return snapshot
 
 
+def _visible(volume):
+    return volume.__dict__.get("_visible_at", 0) <= now()
+
+
+def describe_volumes(self, volume_ids=None, filters=None):
+    with LOCK:
+        volumes = _orig_describe_volumes(self, volume_ids, filters)
+        unseen = [v.id for v in volumes if not _visible(v)]
+        if volume_ids and unseen:
+            raise EC2ClientError(
+                "InvalidVolume.NotFound",
+                f"The volume '{unseen[0]}' does not exist.",
+            )
+        return [v for v in volumes if _visible(v)]
+
+
+ebs.EBSBackend.describe_volumes = describe_volumes
 ebs.EBSBackend.create_volume = create_volume
 ebs.EBSBackend.attach_volume = attach_volume
 ebs.EBSBackend.detach_volume = detach_volume
@@ -685,6 +712,11 @@ class Double:
             lose_answer = SETTINGS["lose_answer_next"].get(action, 0) > 0
             if lose_answer:
                 SETTINGS["lose_answer_next"][action] -= 1
+            delayed = SETTINGS["delay_next"].get(action)
+            wait = None
+            if isinstance(delayed, dict) and delayed.get("count", 0) > 0:
+                delayed["count"] -= 1
+                wait = (float(delayed.get("seconds", 1.0)), delayed.get("when", "before"))
         if forced_failure and forced_error:
             call["outcome"] = forced_error[1]
             return error_response(start_response, service, forced_error[0], forced_error[1], "Forced by the test.")
@@ -706,6 +738,22 @@ class Double:
         if error_rate and random.random() < error_rate:
             call["outcome"] = "5xx"
             return unavailable(start_response, service)
+        if wait and wait[1] == "after":
+            # moto does the work now; the answer leaves late (if the client
+            # is still there to hear it).
+            call["delayed"] = wait[0]
+            answer = {}
+
+            def keep(status, headers, exc_info=None):
+                answer["status"] = (status, headers)
+
+            body = b"".join(self.app(environ, keep))
+            time.sleep(wait[0])
+            start_response(*answer["status"])
+            return [body]
+        if wait:
+            call["delayed"] = wait[0]
+            time.sleep(wait[0])
         return self.app(environ, start_response)
 
 

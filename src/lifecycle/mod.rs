@@ -42,6 +42,9 @@ pub struct Options {
     /// Of the time a notice leaves, what the hooks may not use: it is kept
     /// for releasing volumes, DNS and notifications.
     pub shutdown_reserve: Duration,
+    /// The time a stop or a failure gets in all (the units'
+    /// `TimeoutStopSec`, after which systemd kills what is left).
+    pub stop_timeout: Duration,
 }
 
 /// How a run ended; `main` maps it to the exit status.

@@ -23,9 +23,6 @@ use crate::volumes;
 const SPOT_WARNING: Duration = Duration::from_secs(120);
 /// The time the `terminating` hooks get: Auto Scaling does not say.
 const TERMINATION_BUDGET: Duration = Duration::from_secs(120);
-/// The time a stop or a failure gets in all: the units' `TimeoutStopSec`,
-/// after which systemd kills what is left.
-const STOP_BUDGET: Duration = Duration::from_secs(120);
 /// How long the end waits for `started` notifications still being retried.
 const STARTED_NOTES_GRACE: Duration = Duration::from_secs(10);
 
@@ -405,7 +402,7 @@ impl Daemon {
                 tracing::warn!("Auto Scaling is terminating this instance");
                 SystemTime::now() + TERMINATION_BUDGET
             }
-            _ => SystemTime::now() + STOP_BUDGET,
+            _ => SystemTime::now() + self.options.stop_timeout,
         };
         let error_text = step
             .error

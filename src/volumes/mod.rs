@@ -337,8 +337,10 @@ pub(crate) async fn attach_call(
     ctx.ledger.attached(id);
     let settled = async {
         if !marks.is_empty() {
-            tags::set(ctx.ec2, id, marks).await?;
+            // Noted first: the tags can land while their answer is lost (or
+            // the bring-up cancelled), and removing absent tags is harmless.
             ctx.ledger.marked(id);
+            tags::set(ctx.ec2, id, marks).await?;
         }
         wait_attached(ctx, id).await
     };

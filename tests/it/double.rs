@@ -105,6 +105,7 @@ async fn ebs_rules() {
     let (double, bare) = tokio::join!(Testbed::start(REGION), Testbed::start_bare(REGION));
     let on_double = ebs_answers(&double.unwrap()).await;
     let on_bare = ebs_answers(&bare.unwrap()).await;
+    assert_eq!(on_double.len(), on_bare.len());
     let expected = [
         "VolumeInUse",
         "InvalidVolume.ZoneMismatch",
@@ -114,6 +115,7 @@ async fn ebs_rules() {
         "InvalidParameterValue",
         "InvalidParameterValue",
     ];
+    assert_eq!(on_double.len(), expected.len(), "a rule without its answer");
     for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
         assert_eq!(got, expected, "double, {rule}");
         assert_ne!(
@@ -228,16 +230,26 @@ async fn change(
     action: ChangeAction,
     set: ResourceRecordSet,
 ) -> Result<(String, String), String> {
-    let batch = ChangeBatch::builder()
-        .changes(
+    batch(tb, zone, vec![(action, set)]).await
+}
+
+/// One change batch; its change ID and status, or the error code.
+async fn batch(
+    tb: &Testbed,
+    zone: &str,
+    changes: Vec<(ChangeAction, ResourceRecordSet)>,
+) -> Result<(String, String), String> {
+    let mut batch = ChangeBatch::builder();
+    for (action, set) in changes {
+        batch = batch.changes(
             Change::builder()
                 .action(action)
                 .resource_record_set(set)
                 .build()
                 .unwrap(),
-        )
-        .build()
-        .unwrap();
+        );
+    }
+    let batch = batch.build().unwrap();
     let out = tb
         .route53
         .change_resource_record_sets()
@@ -345,6 +357,7 @@ async fn route53_rules() {
         .unwrap();
     let on_double = route53_answers(&double).await;
     let on_bare = route53_answers(&bare).await;
+    assert_eq!(on_double.len(), on_bare.len());
     let expected = [
         "PENDING",
         "fresh",
@@ -353,6 +366,7 @@ async fn route53_rules() {
         "InvalidChangeBatch",
         "InvalidChangeBatch",
     ];
+    assert_eq!(on_double.len(), expected.len(), "a rule without its answer");
     for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
         assert_eq!(got, expected, "double, {rule}");
         assert_ne!(
@@ -360,6 +374,127 @@ async fn route53_rules() {
             "bare moto already enforces {rule}: the test shows nothing"
         );
     }
+}
+
+/// A DELETE of a set's exact values and a CREATE of its new ones, in one
+/// batch, is a compare-and-swap: each change is checked against the zone as
+/// the changes before it left it, and a batch with a stale DELETE changes
+/// nothing. Bare moto takes the stale batch and overwrites.
+#[tokio::test]
+async fn a_batch_is_checked_change_by_change() {
+    let (double, bare) = tokio::join!(Testbed::start(REGION), Testbed::start_bare(REGION));
+    let (double, bare) = (double.unwrap(), bare.unwrap());
+    let name = "cas.example.net";
+    let swap = |from: &str, to: &str| {
+        vec![
+            (ChangeAction::Delete, record(name, RrType::A, from)),
+            (ChangeAction::Create, record(name, RrType::A, to)),
+        ]
+    };
+    let mut stale_on = Vec::new();
+    for tb in [&double, &bare] {
+        let zone = tb.create_hosted_zone("example.net").await.unwrap();
+        change(
+            tb,
+            &zone,
+            ChangeAction::Create,
+            record(name, RrType::A, "192.0.2.1"),
+        )
+        .await
+        .unwrap();
+        assert!(batch(tb, &zone, swap("192.0.2.1", "192.0.2.2"))
+            .await
+            .is_ok());
+        let stale = batch(tb, &zone, swap("192.0.2.1", "192.0.2.3")).await;
+        let now = tb.record_values(&zone, name, "A").await.unwrap();
+        stale_on.push((stale.map_or_else(|code| code, |_| "ok".into()), now));
+    }
+    assert_eq!(
+        stale_on[0],
+        (
+            "InvalidChangeBatch".to_string(),
+            vec!["192.0.2.2".to_string()]
+        ),
+        "the double refuses a stale swap whole"
+    );
+    assert_eq!(
+        stale_on[1].0, "ok",
+        "bare moto already refuses a stale swap: the test shows nothing"
+    );
+}
+
+/// EC2 is eventually consistent: a volume just created may be unknown to
+/// DescribeVolumes for a moment. Bare moto knows it at once.
+#[tokio::test]
+async fn a_new_volume_is_briefly_unknown() {
+    let (double, bare) = tokio::join!(Testbed::start(REGION), Testbed::start_bare(REGION));
+    let (double, bare) = (double.unwrap(), bare.unwrap());
+    double
+        .double
+        .as_ref()
+        .unwrap()
+        .configure(json!({"delays": {"volume_visible": 1.0}}))
+        .await
+        .unwrap();
+    let describe = |tb: &Testbed, id: String| {
+        let ec2 = tb.ec2.clone();
+        async move { outcome(ec2.describe_volumes().volume_ids(id).send().await) }
+    };
+    // Bare moto's first call sets its region up, which takes a while.
+    let on_bare = bare.create_volume("a", 10).await.unwrap();
+    let on_double = double.create_volume("a", 10).await.unwrap();
+    assert_eq!(
+        describe(&double, on_double.clone()).await,
+        "InvalidVolume.NotFound"
+    );
+    assert_eq!(
+        describe(&bare, on_bare).await,
+        "ok",
+        "bare moto is already eventually consistent: the test shows nothing"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(describe(&double, on_double).await, "ok", "then it is known");
+}
+
+/// `delay_next` with `after`: moto has done the work while the answer is
+/// still on its way; with `before`, nothing is done until the wait is over.
+#[tokio::test]
+async fn delayed_answers_land_first() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let control = tb.double.clone().unwrap();
+    let a = instance(&tb, "a").await;
+    let v = tb.create_volume("a", 10).await.unwrap();
+    control
+        .configure(
+            json!({"delay_next": {"AttachVolume": {"count": 1, "seconds": 1.5, "when": "after"}}}),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let call = tokio::spawn({
+        let (tb_ec2, v, a) = (tb.ec2.clone(), v.clone(), a.clone());
+        async move {
+            tb_ec2
+                .attach_volume()
+                .volume_id(v)
+                .instance_id(a)
+                .device("/dev/xvdf")
+                .send()
+                .await
+                .is_ok()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        tb.attachments(&v).await.unwrap().len(),
+        1,
+        "attached before the answer came"
+    );
+    assert!(call.await.unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    let calls = control.calls().await.unwrap();
+    let attach = calls.iter().find(|c| c.action == "AttachVolume").unwrap();
+    assert_eq!(attach.outcome, "answered");
 }
 
 #[tokio::test]

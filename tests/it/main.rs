@@ -3,6 +3,7 @@
 
 mod check;
 mod common;
+mod cut_short;
 mod dns;
 mod double;
 mod fleet;
