@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use aws_sdk_route53::types::RrType;
 pub use ec2fleetd_testbed::daemon::{uts_namespace_available, DaemonProcess};
 pub use ec2fleetd_testbed::world::{SimInstance, Testbed};
 
@@ -122,4 +123,36 @@ pub fn assert_valid_event(event: &serde_json::Value) {
         problems.is_empty(),
         "the event does not match its schema: {problems:?}\n{event:#}"
     );
+}
+
+/// UPSERTs `name` `kind` (TTL 30) to hold `value`, as someone else would.
+pub async fn set_record(tb: &Testbed, zone: &str, name: &str, kind: RrType, value: &str) {
+    use aws_sdk_route53::types::{
+        Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet,
+    };
+    let set = ResourceRecordSet::builder()
+        .name(name)
+        .r#type(kind)
+        .ttl(30)
+        .resource_records(ResourceRecord::builder().value(value).build().unwrap())
+        .build()
+        .unwrap();
+    tb.route53
+        .change_resource_record_sets()
+        .hosted_zone_id(zone)
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Upsert)
+                        .resource_record_set(set)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
 }

@@ -222,7 +222,10 @@ async fn a_successor_waiting_for_the_pool_gets_the_volume_of_a_cut_init() {
     let volumes = tb.pool_volumes("game", "worlds").await.unwrap();
     assert_eq!(volumes.len(), 1, "an empty volume was created: {volumes:?}");
     assert_eq!(volumes[0].volume_id, volume);
-    assert_eq!(volumes[0].attached_to, std::slice::from_ref(&new.meta.instance_id));
+    assert_eq!(
+        volumes[0].attached_to,
+        std::slice::from_ref(&new.meta.instance_id)
+    );
     stop_cleanly(&mut second).await;
 }
 
@@ -542,7 +545,7 @@ async fn when_one_domain_fails_the_healthy_ones_give_their_records_back() {
     let tb = Testbed::start(REGION).await.unwrap();
     let zone = tb.create_hosted_zone("example.com").await.unwrap();
     let instance = tb.launch_instance("a", None).await.unwrap();
-    set_a_record(&tb, &zone, "play.example.com", "192.0.2.50").await;
+    set_record(&tb, &zone, "play.example.com", RrType::A, "192.0.2.50").await;
     let dir = tempdir();
     let log = dir.path().join("hooks.log");
     let hook = recorder(dir.path(), &log).display().to_string();
@@ -569,37 +572,6 @@ async fn when_one_domain_fails_the_healthy_ones_give_their_records_back() {
     assert!(recorded(&log).is_empty(), "a started hook ran");
 }
 
-async fn set_a_record(tb: &Testbed, zone: &str, name: &str, value: &str) {
-    use aws_sdk_route53::types::{
-        Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
-    };
-    let set = ResourceRecordSet::builder()
-        .name(name)
-        .r#type(RrType::A)
-        .ttl(30)
-        .resource_records(ResourceRecord::builder().value(value).build().unwrap())
-        .build()
-        .unwrap();
-    tb.route53
-        .change_resource_record_sets()
-        .hosted_zone_id(zone)
-        .change_batch(
-            ChangeBatch::builder()
-                .changes(
-                    Change::builder()
-                        .action(ChangeAction::Upsert)
-                        .resource_record_set(set)
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-}
-
 /// A successor points the name at itself between this instance's read and
 /// its put-back: the put-back (a compare-and-swap) leaves the successor's
 /// value.
@@ -609,7 +581,7 @@ async fn a_successors_change_during_the_put_back_survives() {
     let double = tb.double.clone().unwrap();
     let zone = tb.create_hosted_zone("example.com").await.unwrap();
     let instance = tb.launch_instance("a", None).await.unwrap();
-    set_a_record(&tb, &zone, "play.example.com", "192.0.2.50").await;
+    set_record(&tb, &zone, "play.example.com", RrType::A, "192.0.2.50").await;
     let dir = tempdir();
     let gate = dir.path().join("gate");
     let mark = dir.path().join("started.mark");
@@ -636,7 +608,7 @@ async fn a_successors_change_during_the_put_back_survives() {
     std::fs::remove_file(&gate).unwrap();
     until("the put-back", || called(&tb, "ChangeResourceRecordSets")).await;
     // The successor's change lands while the put-back is on its way.
-    set_a_record(&tb, &zone, "play.example.com", "192.0.2.77").await;
+    set_record(&tb, &zone, "play.example.com", RrType::A, "192.0.2.77").await;
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
     assert_eq!(
         tb.record_values(&zone, "play.example.com", "A")
@@ -671,7 +643,10 @@ async fn a_volume_just_created_may_be_unknown_for_a_moment() {
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     let volumes = tb.pool_volumes("game", "worlds").await.unwrap();
     assert_eq!(volumes.len(), 1, "{}", d.log());
-    assert_eq!(volumes[0].attached_to, std::slice::from_ref(&instance.meta.instance_id));
+    assert_eq!(
+        volumes[0].attached_to,
+        std::slice::from_ref(&instance.meta.instance_id)
+    );
     stop_cleanly(&mut d).await;
 }
 

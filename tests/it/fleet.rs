@@ -20,6 +20,7 @@ async fn a_fleet_boots_together_under_the_quotas() {
         .unwrap();
     let fleet = tb.launch_fleet(12, &["a", "b"]).await.unwrap();
     let zone = tb.create_hosted_zone("fleet.example.com").await.unwrap();
+
     let dir = tempdir();
     let mut daemons = Vec::new();
     let mut expected = Vec::new();
@@ -35,17 +36,37 @@ async fn a_fleet_boots_together_under_the_quotas() {
                     "update-route53": [{{ "hostedzone": "{zone}", "name": "{name}" }}] }} }} }}"#
             ),
         );
+        expected.push((instance, volume, name, config));
+    }
+    // AWS's rate for mutating EC2 calls, with the burst a fleet has mostly
+    // spent already: the daemons' attaches and tags must be throttled.
+    double
+        .configure(json!({"throttle": {"ec2_mutating": {"rate": 5, "burst": 8}}}))
+        .await
+        .unwrap();
+    double.clear_calls().await.unwrap();
+    for (instance, _, _, config) in &expected {
         let config = config.display().to_string();
         let args = ["run", "--config", config.as_str(), "--keep-hostname"];
         daemons.push(
             DaemonProcess::spawn(&daemon_bin(), &args, &tb.daemon_env(instance), false).unwrap(),
         );
-        expected.push((instance, volume, name));
     }
     for daemon in &mut daemons {
         daemon.wait_ready(Duration::from_secs(120)).await.unwrap();
     }
-    for (instance, volume, name) in &expected {
+    let throttled = double
+        .calls()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| c.service == "ec2" && c.outcome == "throttled")
+        .count();
+    assert!(
+        throttled > 0,
+        "the quota must have bitten for this test to mean anything"
+    );
+    for (instance, volume, name, _) in &expected {
         let attachments = tb.attachments(volume).await.unwrap();
         assert_eq!(attachments.len(), 1, "{volume}");
         assert_eq!(attachments[0].0, instance.meta.instance_id, "{volume}");

@@ -32,7 +32,7 @@ async fn news_runs_hooks_once_and_the_watch_goes_on() {
     let log = dir.path().join("hooks.log");
     let hook = recorder(dir.path(), &log).display().to_string();
     let exec = format!(
-        r#"[{{ "on": ["rebalance", "maintenance", "stopping"], "lines": [{{ "argv": ["{hook}", "{{daemon_state}}"] }}] }}]"#
+        r#"[{{ "on": ["rebalance", "maintenance", "interrupted"], "lines": [{{ "argv": ["{hook}", "{{daemon_state}}"] }}] }}]"#
     );
     let (instance, config) = hooks_only(&tb, dir.path(), &exec).await;
     let mut d = spawn_run_with(&tb, &instance, &config, &["--poll-interval", "0.1"]);
@@ -44,9 +44,11 @@ async fn news_runs_hooks_once_and_the_watch_goes_on() {
     // Both notices stay up for many polls (news is looked for every 5th
     // and 10th poll): each is still one event.
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    d.signal(Signal::SIGTERM).unwrap();
+    assert_eq!(events_of(&log), ["rebalance", "maintenance"]);
+    // The watch went on: a notice after the news is still seen.
+    instance.imds.raise_spot_interruption("terminate", 120);
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
-    assert_eq!(events_of(&log), ["rebalance", "maintenance", "stopping"]);
+    assert_eq!(events_of(&log), ["rebalance", "maintenance", "interrupted"]);
 }
 
 #[tokio::test]

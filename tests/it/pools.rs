@@ -254,13 +254,18 @@ async fn data_follows_the_volume_to_a_waiting_successor() {
     first.wait_ready(READY_TIMEOUT).await.unwrap();
     let mut second = spawn_run(&tb, new, &config);
     // The successor waits: the volume is still held.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..600 {
+        if second.log().contains("waiting up to") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(second.log().contains("waiting up to"), "{}", second.log());
     assert!(
         !second.notify.messages().iter().any(|m| m == "READY=1"),
         "{}",
         second.log()
     );
-    assert!(second.log().contains("waiting up to"), "{}", second.log());
 
     old.imds.raise_spot_interruption("terminate", 120);
     assert_eq!(
@@ -528,22 +533,35 @@ async fn an_aws_error_in_the_pool_does_not_create_an_empty_volume() {
         r#"{ "domains": { "mc": { "attach-volume": [{ "device": "/dev/xvdf", "source": "pc", "pool-name": "worlds",
             "create": { "Size": 4 } }] } } }"#,
     );
-    // More failures than the SDK's retries.
-    double
-        .configure(json!({"fail_next": {"AttachVolume": 20}}))
-        .await
-        .unwrap();
-    double.clear_calls().await.unwrap();
-    let mut d = spawn_run(&tb, &instance, &config);
-    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
-    assert!(
-        d.log().contains("later sources are not tried"),
-        "{}",
-        d.log()
-    );
-    let calls = double.calls().await.unwrap();
-    assert!(
-        !calls.iter().any(|c| c.action == "CreateVolume"),
-        "an empty volume was created"
-    );
+    // Reading the pool fails (a missing permission: not retried), then,
+    // once it can be read, claiming its volume does.
+    for action in ["DescribeVolumes", "AttachVolume"] {
+        double
+            .configure(json!({"fail_next": {action: {"count": 50, "status": 400, "code": "UnauthorizedOperation"}}}))
+            .await
+            .unwrap();
+        double.clear_calls().await.unwrap();
+        let mut d = spawn_run(&tb, &instance, &config);
+        assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
+        assert!(
+            d.log().contains("later sources are not tried"),
+            "{action}: {}",
+            d.log()
+        );
+        let calls = double.calls().await.unwrap();
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.action == action && c.outcome == "UnauthorizedOperation"),
+            "{action} never failed: the test shows nothing"
+        );
+        assert!(
+            !calls.iter().any(|c| c.action == "CreateVolume"),
+            "{action}: an empty volume was created"
+        );
+        double
+            .configure(json!({"fail_next": {action: {"count": 0}}}))
+            .await
+            .unwrap();
+    }
 }
