@@ -217,6 +217,16 @@ fn changes_for(placed: &Placed) -> Result<Vec<Change>> {
     Ok(changes)
 }
 
+/// What [`upsert_zone`] tells of a record as it goes.
+pub enum Noted<'a> {
+    /// Its change is about to be sent: from now on it may be set.
+    Sending(&'a Placed),
+    /// Route53 refused it: not set.
+    Refused(&'a Placed),
+    /// Route53 took it (with its change ID).
+    Sent(&'a Placed),
+}
+
 /// What became of one target of [`upsert_zone`].
 pub struct Outcome {
     pub index: usize,
@@ -245,14 +255,15 @@ fn outcome_of(index: usize, r: Result<Placed>) -> Outcome {
 /// each name, then one change batch for them all. If Route53 refuses the
 /// batch, each name is tried alone, so that one bad record fails only
 /// itself. With `wait_insync` on a target, waits for its change to be
-/// `INSYNC`. `sent` hears of each name as soon as its change is made, before
-/// any wait, so that what is cut short can still be put back. Returns each
-/// target's outcome, in order.
+/// `INSYNC`. `note` hears of each name before its change is sent (a change
+/// can land while its answer is lost, or bring-up is cancelled), of a
+/// change Route53 refused, and of one it took, so that what is cut short
+/// can still be put back. Returns each target's outcome, in order.
 pub async fn upsert_zone(
     route53: &aws_sdk_route53::Client,
     zone: &str,
     targets: &[RecordTarget],
-    sent: &(dyn Fn(&Placed) + Sync),
+    note: &(dyn Fn(Noted<'_>) + Sync),
 ) -> Vec<Outcome> {
     let mut attempt = 1;
     let (mut results, mut ready, names, outcome) = loop {
@@ -271,7 +282,10 @@ pub async fn upsert_zone(
             .collect::<Vec<_>>()
             .join(", ");
         let outcome = match batch {
-            Ok(changes) if !ready.is_empty() => change(route53, zone, &names, changes).await,
+            Ok(changes) if !ready.is_empty() => {
+                let placed: Vec<&Placed> = ready.iter().map(|(_, p)| p).collect();
+                noted_change(route53, zone, &names, changes, &placed, note).await
+            }
             Ok(_) => return results,
             Err(e) => Err(ChangeFailed {
                 error: e,
@@ -308,7 +322,7 @@ pub async fn upsert_zone(
                     refused: true,
                 });
                 let outcome = match single {
-                    Ok(c) => change(route53, zone, &t.name, c).await,
+                    Ok(c) => noted_change(route53, zone, &t.name, c, &[&p], note).await,
                     Err(f) => Err(f),
                 };
                 match outcome {
@@ -328,7 +342,7 @@ pub async fn upsert_zone(
         }
     }
     for (_, p) in &ready {
-        sent(p);
+        note(Noted::Sent(p));
     }
     for (t, p) in ready {
         log_placed(&p, t.ttl);
@@ -345,6 +359,29 @@ pub async fn upsert_zone(
     }
     results.sort_by_key(|o| o.index);
     results
+}
+
+/// [`change`], with `note` told before it is sent and when it is refused.
+async fn noted_change(
+    route53: &aws_sdk_route53::Client,
+    zone: &str,
+    names: &str,
+    changes: Vec<Change>,
+    placed: &[&Placed],
+    note: &(dyn Fn(Noted<'_>) + Sync),
+) -> Result<String, ChangeFailed> {
+    for p in placed {
+        note(Noted::Sending(p));
+    }
+    let outcome = change(route53, zone, names, changes).await;
+    if let Err(f) = &outcome {
+        if f.refused {
+            for p in placed {
+                note(Noted::Refused(p));
+            }
+        }
+    }
+    outcome
 }
 
 /// How many times a refused batch is planned again from a fresh read: a
@@ -453,6 +490,35 @@ async fn wait_insync(route53: &aws_sdk_route53::Client, change_id: &str, name: &
         tokio::time::sleep(pause).await;
         pause = (pause * 3 / 2).min(INSYNC_POLL_CAP);
     }
+}
+
+/// The targets whose names already hold exactly what this instance would
+/// write (an earlier run of it set them): as placed records, with what they
+/// replaced unknown. Changes nothing.
+pub async fn find_ours(
+    route53: &aws_sdk_route53::Client,
+    zone: &str,
+    targets: &[RecordTarget],
+) -> Result<Vec<Placed>> {
+    let mut found = Vec::new();
+    for t in targets {
+        let ours = our_sets(t)?;
+        if ours.is_empty() {
+            continue;
+        }
+        let live = current(route53, zone, &t.name).await?;
+        if ours.iter().all(|o| live.iter().any(|l| same(l, o))) {
+            found.push(Placed {
+                index: t.index,
+                hosted_zone: zone.to_string(),
+                name: t.name.clone(),
+                ours,
+                previous: Vec::new(),
+                change_id: String::new(),
+            });
+        }
+    }
+    Ok(found)
 }
 
 /// Whether two sets hold the same values and TTL.

@@ -281,14 +281,29 @@ impl Ledger {
         self.with_volume(id, |v| v.stage = Stage::Released);
     }
 
-    /// A record was set (noted as its change is sent, before any wait).
-    pub fn record_set(&self, placed: Placed) {
-        self.lock().records.push(placed);
+    /// A record may be set: its change is being sent, or was taken (then
+    /// with its change ID). Replaces what was noted of it before.
+    pub fn record_set(&self, placed: &Placed) {
+        let mut held = self.lock();
+        held.records
+            .retain(|p| !(p.index == placed.index && p.name == placed.name));
+        held.records.push(placed.clone());
     }
 
-    /// The records, taken out: they are being put back.
-    pub fn take_records(&self) -> Vec<Placed> {
-        std::mem::take(&mut self.lock().records)
+    /// Route53 refused the record's change: it is not set.
+    pub fn record_refused(&self, placed: &Placed) {
+        self.lock()
+            .records
+            .retain(|p| !(p.index == placed.index && p.name == placed.name));
+    }
+
+    /// The records were put back: they are no longer this instance's.
+    pub fn records_put_back(&self, put_back: &[Placed]) {
+        self.lock().records.retain(|p| {
+            !put_back
+                .iter()
+                .any(|q| q.index == p.index && q.name == p.name)
+        });
     }
 
     pub fn error(&self, message: impl Into<String>) {

@@ -18,6 +18,10 @@ use crate::ledger::{Ending, Held, HeldVolume, Ledger, Stage};
 use crate::notify;
 use crate::volumes;
 
+/// How long the way out waits to learn whether unanswered attaches landed
+/// before the hooks run.
+const FIND_OUT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What every domain shares.
 pub struct Shared {
     pub clients: Clients,
@@ -123,8 +127,9 @@ impl DomainRun {
     }
 
     /// `starting` hooks, volumes and their hooks, DNS records: all or
-    /// nothing. On a critical failure the domain unwinds (see
-    /// [`DomainRun::unwind`]); on success the claims are committed.
+    /// nothing. On success the claims are committed; on a critical failure
+    /// the error is noted and returned: the daemon fails, and the way out
+    /// ([`DomainRun::unwind`]) runs for every domain, under the stop deadline.
     pub async fn bring_up(&self, shared: &Shared) -> Result<()> {
         let mut result = self.bring_up_steps(shared).await;
         if result.is_ok() {
@@ -132,14 +137,6 @@ impl DomainRun {
         }
         if let Err(e) = &result {
             self.ledger.error(format!("{e:#}"));
-            let mut values = self.values.clone();
-            values.set("error", format!("{e:#}"));
-            let run = DomainRun {
-                values,
-                ..self.clone()
-            };
-            run.unwind(shared, &Policy::new(OnFailure::Continue), "bring-up failed")
-                .await;
         }
         result
     }
@@ -234,29 +231,14 @@ impl DomainRun {
                 zones.push(&r.hosted_zone);
             }
         }
-        let values = self.values_for(Event::Starting, &self.ledger.snapshot(), None);
         let batches = zones.iter().map(|zone| {
-            let targets: Vec<RecordTarget> = self
-                .domain
-                .records
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.hosted_zone == *zone)
-                .map(|(index, r)| {
-                    let (ipv4, ipv6) = dns::addresses(&shared.facts, r.address);
-                    RecordTarget {
-                        index,
-                        name: r.name.render(&values),
-                        ttl: r.ttl,
-                        ipv4,
-                        ipv6,
-                        wait_insync: r.wait_insync,
-                    }
-                })
-                .collect();
+            let targets = self.record_targets(shared, zone);
             let route53 = &shared.clients.route53;
             async move {
-                let note = |p: &dns::Placed| self.ledger.record_set(p.clone());
+                let note = |n: dns::Noted<'_>| match n {
+                    dns::Noted::Sending(p) | dns::Noted::Sent(p) => self.ledger.record_set(p),
+                    dns::Noted::Refused(p) => self.ledger.record_refused(p),
+                };
                 dns::upsert_zone(route53, zone, &targets, &note).await
             }
         });
@@ -278,6 +260,83 @@ impl DomainRun {
         critical_error.map_or(Ok(()), Err)
     }
 
+    /// What the domain's records in `zone` point at from this instance.
+    fn record_targets(&self, shared: &Shared, zone: &str) -> Vec<RecordTarget> {
+        let values = self.values_for(Event::Starting, &self.ledger.snapshot(), None);
+        self.domain
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.hosted_zone == zone)
+            .map(|(index, r)| {
+                let (ipv4, ipv6) = dns::addresses(&shared.facts, r.address);
+                RecordTarget {
+                    index,
+                    name: r.name.render(&values),
+                    ttl: r.ttl,
+                    ipv4,
+                    ipv6,
+                    wait_insync: r.wait_insync,
+                }
+            })
+            .collect()
+    }
+
+    /// Before the end of a cut init: what an earlier, killed run of this
+    /// daemon left on this instance and this run had not reached yet —
+    /// volumes attached here at a spec's device, records that hold exactly
+    /// this instance's values — joins the record, so that the hooks,
+    /// `detach-on` and `delete-on` act on it. Bounded: the hooks come first.
+    pub async fn adopt_leftovers(&self, shared: &Shared) {
+        let work = async {
+            let ctx = self.volume_ctx(shared);
+            let held = self.ledger.snapshot();
+            for (index, spec) in self.domain.volumes.iter().enumerate() {
+                if held.volumes.iter().any(|v| v.spec == index) {
+                    continue;
+                }
+                if let Err(e) = volumes::adopt_attached(&ctx, index, spec).await {
+                    tracing::warn!("[{}] {e:#}", self.domain.name);
+                }
+            }
+            let mut zones: Vec<&str> = self
+                .domain
+                .records
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !held.records.iter().any(|p| p.index == *i))
+                .map(|(_, r)| r.hosted_zone.as_str())
+                .collect();
+            zones.dedup();
+            for zone in zones {
+                let targets: Vec<RecordTarget> = self
+                    .record_targets(shared, zone)
+                    .into_iter()
+                    .filter(|t| !held.records.iter().any(|p| p.index == t.index))
+                    .collect();
+                match dns::find_ours(&shared.clients.route53, zone, &targets).await {
+                    Ok(found) => {
+                        for p in found {
+                            tracing::info!(
+                                "[{}] {} points here already: held for this domain",
+                                self.domain.name,
+                                p.name
+                            );
+                            self.ledger.record_set(&p);
+                        }
+                    }
+                    Err(e) => tracing::warn!("[{}] {e:#}", self.domain.name),
+                }
+            }
+        };
+        if tokio::time::timeout(FIND_OUT_LIMIT, work).await.is_err() {
+            tracing::warn!(
+                "[{}] looking for what an earlier run left took too long; the hooks run now",
+                self.domain.name
+            );
+        }
+    }
+
     /// The way out of a failed domain: what an unanswered attach did is
     /// found out; the `failed` hooks run (once: they unmount); only if they
     /// succeeded is what this run attached detached and what it created
@@ -286,7 +345,7 @@ impl DomainRun {
     /// the failed hooks succeeded, and how many failed now.
     pub async fn unwind(&self, shared: &Shared, policy: &Policy, why: &str) -> (bool, usize) {
         let ctx = self.volume_ctx(shared);
-        volumes::find_out(&ctx).await;
+        self.find_out(&ctx).await;
         let ran = self.ledger.snapshot().failed_hooks_ok;
         let mut failed_now = 0;
         let hooks_ok = match ran {
@@ -330,11 +389,15 @@ impl DomainRun {
 
     /// The records back to what they held before this instance.
     pub async fn put_back_records(&self, shared: &Shared, why: &str) {
-        let placed = self.ledger.take_records();
+        let placed = self.ledger.snapshot().records;
         if placed.is_empty() {
             return;
         }
-        match dns::restore(&shared.clients.route53, &placed).await {
+        let restored = dns::restore(&shared.clients.route53, &placed).await;
+        if restored.is_ok() {
+            self.ledger.records_put_back(&placed);
+        }
+        match restored {
             Ok(names) if names.is_empty() => tracing::info!(
                 "[{}] {why}: no record to put back (none points here any more)",
                 self.domain.name
@@ -362,7 +425,7 @@ impl DomainRun {
         policy: &Policy,
     ) -> Result<(), Vec<String>> {
         let ctx = self.volume_ctx(shared);
-        volumes::find_out(&ctx).await;
+        self.find_out(&ctx).await;
         let since = Instant::now();
         let result = self.run_hooks(event, policy).await;
         self.time(&format!("{event}-hooks"), since);
@@ -379,6 +442,22 @@ impl DomainRun {
         self.delete_records_for(shared, event).await;
         self.time("release", since);
         result
+    }
+
+    /// Finds out what unanswered attaches did, for a short while only: the
+    /// hooks must not wait for an EC2 that does not answer (what is still
+    /// unknown stays in the record for the steps after them).
+    async fn find_out(&self, ctx: &volumes::Ctx<'_>) {
+        if tokio::time::timeout(FIND_OUT_LIMIT, volumes::find_out(ctx))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "[{}] EC2 did not say within {}s whether unanswered attaches landed; the hooks run now",
+                self.domain.name,
+                FIND_OUT_LIMIT.as_secs()
+            );
+        }
     }
 
     /// `delete-on`: after `event`, delete the records that ask for it, each

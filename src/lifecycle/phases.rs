@@ -149,7 +149,7 @@ impl Daemon {
                 .next(step.input)
                 .unwrap_or_else(|| unreachable!("{:?} does not happen in {state:?}", step.input));
             if next.is_final() {
-                return self.finish(next, step).await;
+                return self.finish(next, step, state == State::Starting).await;
             }
             state = next;
         }
@@ -193,24 +193,25 @@ impl Daemon {
                     let (shared, run) = (self.shared.clone(), run.clone());
                     tasks.spawn(async move { (i, run.bring_up(&shared).await) });
                 }
-                let mut errors = Vec::new();
+                // The first domain that fails fails the daemon: the others
+                // are cancelled, and every domain unwinds on the way out.
                 while let Some(joined) = tasks.join_next().await {
                     match joined {
                         Ok((_, Ok(()))) => {}
                         Ok((i, Err(e))) => {
                             let name = &self.runs[i].domain.name;
                             tracing::error!("[{name}] bring-up failed: {e:#}");
-                            errors.push(format!("domain {name:?}: {e:#}"));
+                            if !tasks.is_empty() {
+                                tracing::warn!(
+                                    "cancelling the bring-up of the other domain(s): the daemon fails"
+                                );
+                            }
+                            return Err(anyhow!("domain {name:?}: {e:#}"));
                         }
-                        Err(e) => errors.push(format!("a domain's task ended abnormally: {e}")),
+                        Err(e) => return Err(anyhow!("a domain's task ended abnormally: {e}")),
                     }
                 }
-                errors.sort();
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(anyhow!("{}", errors.join("; ")))
-                }
+                Ok(())
             }
         };
         let phase = self.guarded(all, deadline, watcher).await;
@@ -243,6 +244,13 @@ impl Daemon {
             Ok(Err(e)) => return Step::failed("started hooks failed", e),
             Err(step) => return step,
         }
+        let took = started_at.elapsed().as_secs_f64();
+        let line = format!(
+            "started: {} domain(s) up in {took:.2}s; watching for spot interruptions",
+            self.runs.len()
+        );
+        tracing::info!("{line}");
+        systemd::ready(&line);
         let (shared, runs) = (self.shared.clone(), self.runs.clone());
         let notes = tokio::spawn(async move {
             futures_util::future::join_all(
@@ -252,13 +260,6 @@ impl Daemon {
             return_freed_memory();
         });
         *self.started_notes.lock().expect("not poisoned") = Some(notes);
-        let took = started_at.elapsed().as_secs_f64();
-        let line = format!(
-            "started: {} domain(s) up in {took:.2}s; watching for spot interruptions",
-            self.runs.len()
-        );
-        tracing::info!("{line}");
-        systemd::ready(&line);
         Step::of(Input::InitDone)
     }
 
@@ -385,7 +386,7 @@ impl Daemon {
     /// the time until the deadline, less the reserve), its releases, then
     /// notifications by the deadline. A stop or a failure has the units'
     /// stop timeout; a notice that arrives meanwhile moves the deadline up.
-    async fn finish(mut self, state: State, step: Step) -> Outcome {
+    async fn finish(mut self, state: State, step: Step, cut_init: bool) -> Outcome {
         debug_assert!(state.is_final());
         let event = state.event();
         self.give_up_news();
@@ -457,6 +458,9 @@ impl Daemon {
                         r.release_for(shared, event, ok).await;
                         failed
                     } else {
+                        if cut_init {
+                            r.adopt_leftovers(shared).await;
+                        }
                         r.end(shared, event, policy).await.err().map_or(0, |f| f.len())
                     }
                 };

@@ -436,6 +436,48 @@ pub async fn settle(ctx: &Ctx<'_>, ending: Ending) -> Vec<String> {
     errors
 }
 
+/// A cut init on an instance where an earlier run of this daemon was
+/// killed: the volume of spec `index` attached here at its device is the
+/// domain's, though this run never claimed it. Noted as adopted (with its
+/// device, if it is there), so that the hooks, `detach-on` and the marks
+/// see it. Changes nothing in EC2.
+pub async fn adopt_attached(ctx: &Ctx<'_>, index: usize, spec: &VolumeSpec) -> Result<()> {
+    use aws_sdk_ec2::types::Filter;
+    let f = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
+    let out = ctx
+        .ec2
+        .describe_volumes()
+        .filters(f("attachment.instance-id", &ctx.facts.instance_id))
+        .filters(f("attachment.device", &spec.device))
+        .send()
+        .await
+        .map_err(|e| ec2_error("DescribeVolumes (attached here)", &spec.device, &e))?;
+    let Some(volume) = out.volumes().first() else {
+        return Ok(());
+    };
+    let id = volume.volume_id().unwrap_or_default();
+    let source = if spec.volume_id.as_deref() == Some(id) {
+        VolumeSource::Given
+    } else if tags::value(volume, tags::IN_TRANSIT).is_some() {
+        VolumeSource::Create
+    } else {
+        VolumeSource::Pool
+    };
+    tracing::info!(
+        "[{}] {id} is attached here as {}: held for this domain though this run did not claim it",
+        ctx.domain,
+        spec.device
+    );
+    ctx.ledger
+        .adopted(index, id, source, &spec.device, is_marked(volume));
+    if let Ok(path) =
+        device::wait_for(ctx.device_root, id, &spec.device, Duration::from_secs(2)).await
+    {
+        ctx.ledger.ready(id, path);
+    }
+    Ok(())
+}
+
 /// Finds out, for every AttachVolume of the record whose answer never
 /// came (a lost answer, a cancelled bring-up), whether it landed, so that
 /// hooks and releases see what is really attached.

@@ -6,6 +6,7 @@
 //! receiver for its webhooks ([`webhook`]); and the benchmarks ([`mod@bench`]).
 
 pub mod bench;
+pub mod chaos;
 pub mod daemon;
 pub mod double;
 pub mod imds;

@@ -67,6 +67,26 @@ enum Command {
         #[arg(long, default_value = "50")]
         fleet: usize,
     },
+    /// A fleet of daemons for a bounded time against the double with faults
+    /// on, SIGKILLs, stops and notices at random moments; then the
+    /// invariants (doc/testbed.md). Exits 1 on a violation.
+    Chaos {
+        /// The ec2fleetd binary (default: next to this one).
+        #[arg(long)]
+        daemon: Option<PathBuf>,
+        /// How long new lives start.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Instances alive at once.
+        #[arg(long, default_value = "4")]
+        slots: usize,
+        /// Pool volumes to start with.
+        #[arg(long, default_value = "3")]
+        pool: usize,
+        /// Seed of the random choices (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Run the seed Minecraft config through a whole instance life on moto
     /// and the IMDS emulator: boot, attach, DNS, hooks, notice, shutdown.
     Demo {
@@ -103,6 +123,40 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Demo { daemon, example } => demo(daemon, example).await,
+        Command::Chaos {
+            daemon,
+            duration,
+            slots,
+            pool,
+            seed,
+        } => {
+            let daemon = match daemon {
+                Some(d) => d,
+                None => std::env::current_exe()?.with_file_name("ec2fleetd"),
+            };
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+            println!("chaos: {slots} slots, pool of {pool}, {duration:?}, seed {seed}");
+            let report = ec2fleetd_testbed::chaos::run(ec2fleetd_testbed::chaos::Settings {
+                daemon,
+                duration,
+                slots,
+                pool,
+                seed,
+            })
+            .await?;
+            println!("chaos: {}", report.summary());
+            for v in &report.violations {
+                println!("VIOLATION: {v}");
+            }
+            if !report.violations.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Bench {
             daemon,
             python,

@@ -676,3 +676,54 @@ async fn an_unknown_volume_id_is_not_replaced_by_an_empty_volume() {
         d.log()
     );
 }
+
+/// The daemon is killed after READY and the notice is up when systemd
+/// starts it again: the new run's init is cut at once, yet it releases the
+/// volume and deletes the record the killed run held (found by looking,
+/// not in its own record).
+#[tokio::test]
+async fn a_restart_into_a_notice_releases_what_the_killed_run_held() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let zone = tb.create_hosted_zone("example.com").await.unwrap();
+    let volume = tb.create_pool_volume("a", "game", "worlds").await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let log = dir.path().join("hooks.log");
+    let hook = recorder(dir.path(), &log).display().to_string();
+    let config = write_config(
+        dir.path(),
+        "game.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "game": {{
+  "attach-volume": [{{ "device": "/dev/xvdf", "source": "p", "pool-name": "worlds", "detach-on": ["interrupted"],
+    "exec": [{{ "on": ["interrupted"], "lines": [{{ "argv": ["{hook}", "{{volume_id}}"] }}] }}] }}],
+  "update-route53": [{{ "hostedzone": "{zone}", "name": "play.example.com", "delete-on": ["interrupted"] }}] }} }} }}"#
+        ),
+    );
+    let mut first = spawn_run(&tb, &instance, &config);
+    first.wait_ready(READY_TIMEOUT).await.unwrap();
+    first.signal(Signal::SIGKILL).unwrap();
+    let _ = first.wait_exit(EXIT_TIMEOUT).await;
+    instance.imds.raise_spot_interruption("terminate", 120);
+    let mut second = spawn_run(&tb, &instance, &config);
+    assert_eq!(
+        second.wait_exit(EXIT_TIMEOUT).await.unwrap(),
+        0,
+        "{}",
+        second.log()
+    );
+    let text = second.log();
+    let calls: Vec<Vec<String>> = recorded(&log)
+        .into_iter()
+        .map(|c| c[1..].to_vec())
+        .collect();
+    assert_eq!(calls, [[volume.clone()]], "{text}");
+    assert_released_and_unmarked(&tb, "worlds", &volume, &text).await;
+    assert!(
+        tb.record_values(&zone, "play.example.com", "A")
+            .await
+            .unwrap()
+            .is_empty(),
+        "{text}"
+    );
+}

@@ -1,6 +1,7 @@
 //! ec2fleetd's integration tests: one binary, run against moto and the IMDS
 //! emulator from `ec2fleetd-testbed`. None of them reaches AWS.
 
+mod chaos;
 mod check;
 mod common;
 mod cut_short;

@@ -1,0 +1,34 @@
+//! A short chaos run (`ec2fleetd-testbed chaos` runs longer): a small fleet
+//! with faults, SIGKILLs, stops and notices at random moments; no invariant
+//! may break.
+
+use std::time::Duration;
+
+use ec2fleetd_testbed::chaos;
+
+use super::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_chaos_run_breaks_no_invariant() {
+    let report = chaos::run(chaos::Settings {
+        daemon: daemon_bin(),
+        duration: Duration::from_secs(25),
+        slots: 3,
+        pool: 2,
+        seed: 13,
+    })
+    .await
+    .unwrap();
+    eprintln!("chaos: {}", report.summary());
+    assert!(
+        report.violations.is_empty(),
+        "{}\n{}",
+        report.summary(),
+        report.violations.join("\n\n")
+    );
+    assert!(
+        report.kills + report.notices + report.stops >= 3 && report.faults > 0,
+        "the run did too little to mean anything: {}",
+        report.summary()
+    );
+}
