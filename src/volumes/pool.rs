@@ -252,4 +252,56 @@ mod tests {
             pool(8).into_iter().map(|c| c.volume_id).collect::<Vec<_>>()
         );
     }
+    #[test]
+    fn ties_under_recently_used_spread_over_the_instances() {
+        // volumes.md: "among volumes with the same timestamp, the order is
+        // rotated by a hash of the instance ID".
+        for pref in [PoolPref::LeastRecentlyUsed, PoolPref::MostRecentlyUsed] {
+            let mut tied = pool(10);
+            for c in &mut tied {
+                c.last_used = Some(1_000);
+            }
+            let mut firsts = std::collections::HashSet::new();
+            for i in 0..20 {
+                let order = order_candidates(tied.clone(), pref, 0, &format!("i-{i:017x}"));
+                firsts.insert(order[0].clone());
+                let mut sorted = order.clone();
+                sorted.sort();
+                assert_eq!(
+                    sorted,
+                    pool(10)
+                        .into_iter()
+                        .map(|c| c.volume_id)
+                        .collect::<Vec<_>>(),
+                    "{pref:?} lost or repeated a volume: {order:?}"
+                );
+            }
+            assert!(firsts.len() >= 4, "{pref:?}: {firsts:?}");
+        }
+    }
+
+    #[test]
+    fn ties_rotate_only_among_themselves() {
+        // The timestamp still decides first; only equal ones are rotated.
+        let mut p = pool(5);
+        for (c, t) in p
+            .iter_mut()
+            .zip([Some(50), Some(10), Some(10), Some(10), None])
+        {
+            c.last_used = t;
+        }
+        for i in 0..20 {
+            let order = order_candidates(
+                p.clone(),
+                PoolPref::LeastRecentlyUsed,
+                0,
+                &format!("i-{i:017x}"),
+            );
+            assert_eq!(order[0], "vol-04", "never used is oldest: {order:?}");
+            assert_eq!(order[4], "vol-00", "{order:?}");
+            let mut middle = order[1..4].to_vec();
+            middle.sort();
+            assert_eq!(middle, ["vol-01", "vol-02", "vol-03"], "{order:?}");
+        }
+    }
 }

@@ -8,6 +8,8 @@
 //! - `DELETE /control/spot-interruption`
 //! - `PUT /control/user-data` with the raw user data as the body
 //! - `GET /control/requests`: how many metadata requests were served
+//! - `GET /control/requests/paths`: the same per path, as a JSON object
+//!   (`{"meta-data/spot/instance-action": 12, …}`)
 //! - `POST /control/rebalance`: a rebalance recommendation, noticed now
 //! - `PUT /control/target-lifecycle-state` with `InService` or `Terminated`
 //!   as the body (Auto Scaling)
@@ -80,6 +82,8 @@ struct Emu {
     issued: u64,
     unauthorized: u64,
     requests: u64,
+    /// Metadata requests served, per path under `/latest/`.
+    by_path: HashMap<String, u64>,
 }
 
 /// A running emulator; stops when dropped.
@@ -114,6 +118,7 @@ impl ImdsEmulator {
             issued: 0,
             unauthorized: 0,
             requests: 0,
+            by_path: HashMap::new(),
         }));
         let app = Router::new()
             .route("/latest/api/token", put(token))
@@ -121,6 +126,7 @@ impl ImdsEmulator {
             .route("/control/spot-interruption", post(raise).delete(clear))
             .route("/control/user-data", put(set_user_data))
             .route("/control/requests", get(requests))
+            .route("/control/requests/paths", get(requests_by_path))
             .route("/control/rebalance", post(rebalance))
             .route("/control/target-lifecycle-state", put(lifecycle_state))
             .route("/control/maintenance", put(maintenance))
@@ -156,6 +162,13 @@ impl ImdsEmulator {
     /// Metadata requests served (any answer).
     pub fn requests(&self) -> u64 {
         self.state.lock().unwrap().requests
+    }
+
+    /// Metadata requests served (any answer) for `path` under `/latest/`,
+    /// e.g. `meta-data/spot/instance-action`.
+    pub fn requests_for(&self, path: &str) -> u64 {
+        let emu = self.state.lock().unwrap();
+        emu.by_path.get(path).copied().unwrap_or(0)
     }
 
     /// A rebalance recommendation, noticed now.
@@ -277,11 +290,14 @@ async fn metadata(
     headers: HeaderMap,
 ) -> Response {
     if let Some(failure) = faults_for(&s).await {
-        s.lock().unwrap().requests += 1;
+        let mut emu = s.lock().unwrap();
+        emu.requests += 1;
+        *emu.by_path.entry(path).or_default() += 1;
         return failure;
     }
     let mut emu = s.lock().unwrap();
     emu.requests += 1;
+    *emu.by_path.entry(path.clone()).or_default() += 1;
     let token = headers
         .get("x-aws-ec2-metadata-token")
         .and_then(|v| v.to_str().ok());
@@ -406,4 +422,8 @@ async fn set_user_data(State(s): State<Shared>, body: Bytes) -> StatusCode {
 
 async fn requests(State(s): State<Shared>) -> String {
     s.lock().unwrap().requests.to_string()
+}
+
+async fn requests_by_path(State(s): State<Shared>) -> Json<HashMap<String, u64>> {
+    Json(s.lock().unwrap().by_path.clone())
 }

@@ -156,3 +156,13 @@ pub async fn set_record(tb: &Testbed, zone: &str, name: &str, kind: RrType, valu
         .await
         .unwrap();
 }
+
+/// Processes whose command line has `arg` as an argument.
+pub fn processes_with(arg: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmd| cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        .count()
+}

@@ -104,16 +104,6 @@ async fn a_notice_during_init_cancels_it() {
     );
 }
 
-/// Processes whose command line has `arg` as an argument.
-fn processes_with(arg: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|cmd| cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
-        .count()
-}
-
 #[tokio::test]
 async fn the_notice_is_seen_through_token_expiry_and_5xx_bursts() {
     let tb = Testbed::start(REGION).await.unwrap();

@@ -3,6 +3,7 @@
 
 mod chaos;
 mod check;
+mod claims;
 mod common;
 mod cut_short;
 mod dns;
