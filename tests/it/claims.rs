@@ -1442,3 +1442,123 @@ fn help_lists_the_commands() {
         assert!(help.contains(option), "drill --help lacks {option}");
     }
 }
+
+/// config.md, macros: every macro has its documented value, at `started`
+/// and at `interrupted` (with the notice's action and time).
+#[tokio::test]
+async fn every_macro_has_its_value() {
+    use ec2fleetd::config::template::MACROS;
+    let tb = Testbed::start("us-east-1").await.unwrap();
+    let volume = tb.create_pool_volume("a", "game", "worlds").await.unwrap();
+    let instance = tb.launch_instance("a", Some("2001:db8::7")).await.unwrap();
+    let dir = tempdir();
+    let log = dir.path().join("macros.log");
+    let hook = recorder(dir.path(), &log).display().to_string();
+    let argv: Vec<String> = std::iter::once(format!("\"{hook}\""))
+        .chain(MACROS.iter().map(|m| format!("\"{m}={{{m}}}\"")))
+        .chain(std::iter::once("\"ami-i={ami-i}\"".to_string()))
+        .collect();
+    let config = write_config(
+        dir.path(),
+        "game.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "game": {{
+  "attach-volume": [{{ "device": "/dev/xvdf", "source": "p", "pool-name": "worlds" }}],
+  "exec": [{{ "on": ["started", "interrupted"], "lines": [{{ "argv": [{}] }}] }}] }} }} }}"#,
+            argv.join(", ")
+        ),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    let notice = instance.imds.raise_spot_interruption("stop", 120);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+    let calls = recorded(&log);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let values = |call: &Vec<String>| -> std::collections::BTreeMap<String, String> {
+        call[1..]
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    };
+    let (started, interrupted) = (values(&calls[0]), values(&calls[1]));
+    let meta = &instance.meta;
+    let ipv4 = meta.public_ipv4.clone().unwrap();
+    for (name, want) in [
+        ("domain", "game".to_string()),
+        ("instance_id", meta.instance_id.clone()),
+        ("instance_type", meta.instance_type.clone()),
+        ("instance_index", meta.launch_index.to_string()),
+        ("ami-i", meta.launch_index.to_string()),
+        ("placement_region", "us-east-1".to_string()),
+        ("placement_zone", meta.zone.clone()),
+        ("primary_public_ipv4", ipv4.clone()),
+        ("primary_public_ipv6", "2001:db8::7".to_string()),
+        ("primary_private_ipv4", meta.private_ipv4.clone().unwrap()),
+        ("attach_source", "p".to_string()),
+        ("attach_op", "true".to_string()),
+        ("volume_id", volume.clone()),
+        ("volume_pool", "worlds".to_string()),
+        ("daemon_state", "started".to_string()),
+        ("error", String::new()),
+        ("interrupt_action", String::new()),
+    ] {
+        assert_eq!(started[name], want, "{{{name}}} at started: {started:?}");
+    }
+    assert!(started["public_ipv4_list"].contains(&ipv4), "{started:?}");
+    assert!(started["public_ipv6_list"].contains("2001:db8::7"));
+    assert!(!started["hypervisor"].is_empty(), "{started:?}");
+    let device = std::path::Path::new(&started["attached_device"]);
+    assert!(
+        device.starts_with(instance.root.path()) && device.exists(),
+        "{started:?}"
+    );
+    assert!(started["transaction_id"].starts_with(&format!("{}-game-", meta.instance_id)));
+    assert!(
+        humantime::parse_rfc3339_weak(&started["ts"]).is_ok(),
+        "{started:?}"
+    );
+    assert!(started["pid"].parse::<u32>().is_ok(), "{started:?}");
+    let all: serde_json::Value = serde_json::from_str(&started["all_json"]).unwrap();
+    assert_eq!(all["volume_id"], volume.as_str());
+    assert_eq!(all["daemon_state"], "started");
+    assert_eq!(interrupted["daemon_state"], "interrupted");
+    assert_eq!(interrupted["interrupt_action"], "stop");
+    assert_eq!(interrupted["interrupt_time"], notice.time);
+    assert_eq!(interrupted["volume_id"], volume);
+}
+
+/// README: `examples/` holds the Python ec2fleetd's README configs,
+/// unchanged but for IDs (its placeholders become IDs of the right shape,
+/// and `REGION` a region).
+#[test]
+fn the_seed_readmes_configs_are_the_examples_but_for_ids() {
+    let seed = std::fs::read_to_string(repo_file("../shared/seeds/ec2fleetd.md"))
+        .expect("../shared/seeds/ec2fleetd.md beside the checkout");
+    let blocks: Vec<&str> = seed
+        .split("```jsonc\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 2, "the seed README's config blocks");
+    let parse = |text: &str| {
+        jsonc_parser::parse_to_serde_value::<serde_json::Value>(text, &Default::default()).unwrap()
+    };
+    for (block, example) in blocks
+        .iter()
+        .zip(["minecraft.jsonc", "bitcoin-nodes.jsonc"])
+    {
+        let with_ids = block
+            .replace("vol-NNNNNNNNNNNNNNNNN", "vol-0123456789abcdef0")
+            .replace("ZZZZZZZZZZZZZZZZZZZZZ", "Z0123456789ABCDEFGHIJ")
+            .replace("\"REGION\"", "\"us-east-1\"")
+            .replace(
+                "TOPIC_ARN",
+                "arn:aws:sns:us-east-1:123456789012:fleet-events",
+            );
+        let ours = std::fs::read_to_string(repo_file(&format!("examples/{example}"))).unwrap();
+        assert_eq!(parse(&ours), parse(&with_ids), "examples/{example}");
+    }
+}
