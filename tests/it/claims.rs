@@ -1562,3 +1562,49 @@ fn the_seed_readmes_configs_are_the_examples_but_for_ids() {
         assert_eq!(parse(&ours), parse(&with_ids), "examples/{example}");
     }
 }
+
+/// cli.md: `--device-root DIR` says where block devices are looked up, and
+/// wins over `EC2FLEETD_DEVICE_ROOT`.
+#[tokio::test]
+async fn the_device_root_flag_wins_over_its_variable() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let volume = tb.create_pool_volume("a", "game", "worlds").await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let log = dir.path().join("hooks.log");
+    let hook = recorder(dir.path(), &log).display().to_string();
+    let config = write_config(
+        dir.path(),
+        "game.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "game": {{ "attach-volume": [{{ "device": "/dev/xvdf", "source": "p",
+  "pool-name": "worlds", "exec": [{{ "lines": [{{ "argv": ["{hook}", "{{attached_device}}"] }}] }}] }}] }} }} }}"#
+        ),
+    );
+    let mut env = tb.daemon_env(&instance);
+    for (k, v) in &mut env {
+        if k == "EC2FLEETD_DEVICE_ROOT" {
+            *v = dir.path().join("nowhere").display().to_string();
+        }
+    }
+    let root = instance.root.path().display().to_string();
+    let config_arg = config.display().to_string();
+    let args = [
+        "run",
+        "--config",
+        config_arg.as_str(),
+        "--keep-hostname",
+        "--device-root",
+        root.as_str(),
+    ];
+    let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    let calls = recorded(&log);
+    assert_eq!(calls.len(), 1, "{}", d.log());
+    assert!(
+        std::path::Path::new(&calls[0][1]).starts_with(instance.root.path()),
+        "{calls:?}"
+    );
+    assert!(d.log().contains(&volume), "{}", d.log());
+    stop_cleanly(&mut d).await;
+}
