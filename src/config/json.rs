@@ -131,15 +131,34 @@ impl LineIndex {
     }
 
     pub fn position(&self, text: &str, at: usize) -> (usize, usize) {
-        let line = match self.starts.binary_search(&at) {
-            Ok(i) => i,
-            Err(i) => i - 1,
-        };
-        let start = self.starts[line];
-        let column = text
-            .get(start..at.min(text.len()))
-            .map_or(at - start, |s| s.chars().count());
-        (line + 1, column + 1)
+        self.positions(text)(at)
+    }
+
+    /// [`LineIndex::position`] for many offsets: given in ascending order,
+    /// each line's characters are counted once, so that a long line with
+    /// many problems (a minified config) costs its length, not its length
+    /// times the problems.
+    pub fn positions<'a>(&'a self, text: &'a str) -> impl FnMut(usize) -> (usize, usize) + 'a {
+        // The last offset counted: its line, where it stands, its column.
+        let mut counted: Option<(usize, usize, usize)> = None;
+        move |at| {
+            let line = match self.starts.binary_search(&at) {
+                Ok(i) => i,
+                Err(i) => i - 1,
+            };
+            let start = self.starts[line];
+            let end = at.min(text.len());
+            let column = match counted {
+                Some((l, from, column)) if l == line && from <= end => {
+                    text.get(from..end).map(|s| column + s.chars().count())
+                }
+                _ => text.get(start..end).map(|s| s.chars().count()),
+            };
+            if let Some(column) = column {
+                counted = Some((line, end, column));
+            }
+            (line + 1, column.unwrap_or(at - start) + 1)
+        }
     }
 }
 
@@ -175,5 +194,16 @@ mod tests {
         let idx = LineIndex::new(text);
         assert_eq!(idx.position(text, 0), (1, 1));
         assert_eq!(idx.position(text, text.find('x').unwrap()), (2, 4));
+    }
+
+    #[test]
+    fn positions_in_order_match_one_by_one() {
+        let text = "aé\n\nçd x\nyz";
+        let idx = LineIndex::new(text);
+        let mut positions = idx.positions(text);
+        // Every offset, inside a character and past the end included.
+        for at in 0..text.len() + 3 {
+            assert_eq!(positions(at), idx.position(text, at), "at {at}");
+        }
     }
 }

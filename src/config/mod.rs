@@ -370,23 +370,24 @@ impl Config {
     /// Validates config text; `source` names it in errors.
     pub fn from_text(source: &str, text: &str) -> Result<Config, ConfigErrors> {
         let index = json::LineIndex::new(text);
-        let to_errors = |mut raw: Vec<validate::RawProblem>| ConfigErrors {
-            source: source.to_string(),
-            problems: {
-                raw.sort_by_key(|p| p.at);
-                raw
+        let to_errors = |mut raw: Vec<validate::RawProblem>| {
+            raw.sort_by_key(|p| p.at);
+            let mut position = index.positions(text);
+            ConfigErrors {
+                source: source.to_string(),
+                problems: raw
+                    .into_iter()
+                    .map(|p| {
+                        let (line, column) = position(p.at);
+                        Problem {
+                            line,
+                            column,
+                            path: p.path,
+                            message: p.message,
+                        }
+                    })
+                    .collect(),
             }
-            .into_iter()
-            .map(|p| {
-                let (line, column) = index.position(text, p.at);
-                Problem {
-                    line,
-                    column,
-                    path: p.path,
-                    message: p.message,
-                }
-            })
-            .collect(),
         };
         let root = json::parse(text).map_err(|e| {
             to_errors(vec![validate::RawProblem {
@@ -450,8 +451,12 @@ pub(crate) fn suggest<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    let len = name.chars().count();
     candidates
         .into_iter()
+        // The distance is at least the difference in length: a name far
+        // longer than any candidate (a whole config) is not compared.
+        .filter(|c| len.abs_diff(c.chars().count()) <= 2.max(c.len() / 3))
         .map(|c| (strsim::damerau_levenshtein(name, c), c))
         .filter(|&(d, c)| d <= 2.max(c.len() / 3))
         .min_by_key(|&(d, _)| d)

@@ -1,6 +1,7 @@
 //! The position-aware tree → [`Config`], collecting every problem instead of
 //! stopping at the first.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::json::{Json, Member, Node};
@@ -118,19 +119,19 @@ struct Validator {
     problems: Vec<RawProblem>,
     /// Volume IDs and device names already claimed, with where: all domains
     /// share one instance, so each may appear once in the whole config.
-    claimed: Vec<(String, String)>,
+    claimed: HashMap<String, String>,
 }
 
 impl Validator {
     /// Reports `what` (a volume ID or device) when an earlier volume has it.
     fn claim(&mut self, at: usize, path: &str, what: &str) {
-        if let Some((_, first)) = self.claimed.iter().find(|(w, _)| w == what) {
+        if let Some(first) = self.claimed.get(what) {
             let message = format!(
                 "{what} is already used at {first}: each volume and device may appear once"
             );
             self.problem(at, path, message);
         } else {
-            self.claimed.push((what.to_string(), path.to_string()));
+            self.claimed.insert(what.to_string(), path.to_string());
         }
     }
 
@@ -153,8 +154,10 @@ impl Validator {
             self.expected(node, path, "an object");
             return None;
         };
-        for (i, m) in members.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for m in members {
             let p = key_path(path, &m.key);
+            let first = seen.insert(m.key.as_str());
             if !known.contains(&m.key.as_str()) {
                 let msg = match suggest(&m.key, known.iter().copied()) {
                     Some(s) => format!("unknown key {:?}; did you mean {s:?}?", m.key),
@@ -165,7 +168,7 @@ impl Validator {
                     ),
                 };
                 self.problem(m.key_at, &p, msg);
-            } else if members[..i].iter().any(|o| o.key == m.key) {
+            } else if !first {
                 self.problem(m.key_at, &p, format!("key {:?} is given twice", m.key));
             }
         }
@@ -1054,11 +1057,8 @@ impl Validator {
 }
 
 fn first_duplicate(members: &[Member]) -> Option<&Member> {
-    members
-        .iter()
-        .enumerate()
-        .find(|(i, m)| members[..*i].iter().any(|o| o.key == m.key))
-        .map(|(_, m)| m)
+    let mut seen = HashSet::new();
+    members.iter().find(|m| !seen.insert(m.key.as_str()))
 }
 
 fn parse_number(raw: &str) -> Option<f64> {

@@ -10,7 +10,10 @@ mod facts;
 mod watch;
 
 pub use facts::InstanceFacts;
-pub use watch::{Observation, SpotNotice, Watcher};
+pub use watch::{
+    is_terminated, maintenance_events, parse_spot_notice, rebalance_time, Observation, SpotNotice,
+    Watcher,
+};
 
 use std::time::Duration;
 
@@ -25,6 +28,9 @@ const TOKEN_TTL: Duration = Duration::from_secs(21_600);
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const ATTEMPTS: u32 = 4;
+/// The most gzipped user data may inflate to: 64 times the 16 KiB EC2 allows
+/// raw, so that a gzip bomb is refused instead of filling memory.
+pub const MAX_INFLATED_USER_DATA: usize = 64 * 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
@@ -44,6 +50,8 @@ pub enum ImdsError {
     TokenRefused { endpoint: String, status: u16 },
     #[error("the user data looks gzipped but does not inflate: {0}")]
     BadGzip(String),
+    #[error("the gzipped user data inflates to more than {limit} bytes: a config is far smaller, so this is not one")]
+    UserDataTooLarge { limit: usize },
 }
 
 /// Why a token could not be had: worth retrying, or final.
@@ -101,18 +109,10 @@ impl ImdsClient {
 
     /// The user data, inflated when it is gzip; `None` when there is none.
     pub async fn user_data(&self) -> Result<Option<Vec<u8>>, ImdsError> {
-        let Some(bytes) = self.get("/latest/user-data").await? else {
-            return Ok(None);
-        };
-        if bytes.starts_with(&[0x1f, 0x8b]) {
-            use std::io::Read;
-            let mut out = Vec::new();
-            flate2::read::MultiGzDecoder::new(&bytes[..])
-                .read_to_end(&mut out)
-                .map_err(|e| ImdsError::BadGzip(e.to_string()))?;
-            return Ok(Some(out));
+        match self.get("/latest/user-data").await? {
+            Some(raw) => decode_user_data(raw).map(Some),
+            None => Ok(None),
         }
-        Ok(Some(bytes))
     }
 
     /// GET with the session token, retrying 5xx, timeouts and refused
@@ -231,6 +231,28 @@ impl ImdsClient {
     }
 }
 
+/// User data as IMDS gives it → the text it holds: inflated when it starts
+/// with the gzip magic (members concatenated, as `gzip -c a b` writes),
+/// else as it is. Inflation stops past [`MAX_INFLATED_USER_DATA`].
+pub fn decode_user_data(raw: Vec<u8>) -> Result<Vec<u8>, ImdsError> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
+    }
+    use std::io::Read;
+    let limit = MAX_INFLATED_USER_DATA as u64;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(&raw[..])
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ImdsError::BadGzip(e.to_string()))?;
+    if out.len() as u64 > limit {
+        return Err(ImdsError::UserDataTooLarge {
+            limit: MAX_INFLATED_USER_DATA,
+        });
+    }
+    Ok(out)
+}
+
 /// An HTTP error with its root cause, which reqwest keeps in `source()`.
 pub(crate) fn describe_http(e: &reqwest::Error) -> String {
     let mut text = if e.is_timeout() {
@@ -247,4 +269,49 @@ pub(crate) fn describe_http(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn plain_user_data_is_kept_and_gzip_members_are_inflated() {
+        assert_eq!(decode_user_data(b"{}".to_vec()).unwrap(), b"{}");
+        let mut two = gzip(b"{ \"domains\": ");
+        two.extend(gzip(b"{} }"));
+        assert_eq!(decode_user_data(two).unwrap(), b"{ \"domains\": {} }");
+    }
+
+    #[test]
+    fn gzip_that_does_not_inflate_is_an_error() {
+        let mut bad = gzip(b"{ \"domains\": {} }");
+        bad.truncate(bad.len() - 6);
+        assert!(matches!(decode_user_data(bad), Err(ImdsError::BadGzip(_))));
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_past_the_limit() {
+        let at_limit = gzip(&vec![b' '; MAX_INFLATED_USER_DATA]);
+        assert_eq!(
+            decode_user_data(at_limit).unwrap().len(),
+            MAX_INFLATED_USER_DATA
+        );
+        // 8 MiB of spaces: some 8 KiB of gzip, user data EC2 accepts.
+        let bomb = gzip(&vec![b' '; 8 * MAX_INFLATED_USER_DATA]);
+        assert!(bomb.len() <= 16 * 1024, "{} bytes", bomb.len());
+        let err = decode_user_data(bomb).unwrap_err();
+        assert!(
+            matches!(err, ImdsError::UserDataTooLarge { limit } if limit == MAX_INFLATED_USER_DATA),
+            "{err}"
+        );
+        assert!(err.to_string().contains("1048576 bytes"), "{err}");
+    }
 }

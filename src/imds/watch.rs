@@ -116,7 +116,7 @@ impl Watcher {
     /// One look at every path; the first new observation, final ones first.
     async fn poll(&mut self, final_only: bool) -> Result<Option<Observation>, ImdsError> {
         if let Some(body) = self.imds.get(SPOT).await? {
-            match serde_json::from_slice::<SpotNotice>(&body) {
+            match parse_spot_notice(&body) {
                 Ok(notice) => return Ok(Some(Observation::Spot(notice))),
                 Err(e) => tracing::warn!(
                     "ignoring a spot notice that does not parse ({e}): {}",
@@ -125,7 +125,7 @@ impl Watcher {
             }
         }
         if let Some(state) = self.imds.get(LIFECYCLE).await? {
-            if String::from_utf8_lossy(&state).trim() == "Terminated" {
+            if is_terminated(&state) {
                 return Ok(Some(Observation::Terminating));
             }
         }
@@ -141,24 +141,15 @@ impl Watcher {
             None
         };
         if let Some(body) = rebalance {
-            let time = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["noticeTime"].as_str().map(String::from))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-            news.push(Observation::Rebalance(time));
+            news.push(Observation::Rebalance(rebalance_time(&body)));
         }
         let maintenance = if look % MAINTENANCE_EVERY == 0 {
             self.imds.get(MAINTENANCE).await?
         } else {
             None
         };
-        if let Some(body) = maintenance {
-            let text = String::from_utf8_lossy(&body).trim().to_string();
-            let empty =
-                serde_json::from_str::<Vec<serde_json::Value>>(&text).is_ok_and(|v| v.is_empty());
-            if !empty && !text.is_empty() {
-                news.push(Observation::Maintenance(text));
-            }
+        if let Some(events) = maintenance.as_deref().and_then(maintenance_events) {
+            news.push(Observation::Maintenance(events));
         }
         for o in news {
             if !self.seen.contains(&o) {
@@ -168,4 +159,31 @@ impl Watcher {
         }
         Ok(None)
     }
+}
+
+/// `spot/instance-action`: `{"action": "terminate", "time": "…"}`.
+pub fn parse_spot_notice(body: &[u8]) -> Result<SpotNotice, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
+/// Whether `autoscaling/target-lifecycle-state` reads `Terminated`.
+pub fn is_terminated(state: &[u8]) -> bool {
+    String::from_utf8_lossy(state).trim() == "Terminated"
+}
+
+/// `events/recommendations/rebalance`: its `noticeTime`, else the whole body
+/// as text.
+pub fn rebalance_time(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["noticeTime"].as_str().map(String::from))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
+}
+
+/// `events/maintenance/scheduled`: the events as IMDS gives them, or `None`
+/// when there are none (an empty body or an empty JSON array).
+pub fn maintenance_events(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body).trim().to_string();
+    let empty = serde_json::from_str::<Vec<serde_json::Value>>(&text).is_ok_and(|v| v.is_empty());
+    (!empty && !text.is_empty()).then_some(text)
 }
