@@ -2,10 +2,10 @@
 //! read the config, bring every domain up in parallel, report ready, watch
 //! for an interruption or a signal, run the last hooks and report.
 //!
-//! [`startup`] reads the config and the instance's facts; [`phases`] is the
+//! `startup` reads the config and the instance's facts; `phases` is the
 //! daemon's loop, one match on the [`State`], each phase returning the
-//! [`Input`] that moves it on; [`domain`] is one domain's part of each
-//! phase, over its record of what it holds ([`crate::ledger`]); [`signals`]
+//! [`Input`] that moves it on; `domain` is one domain's part of each
+//! phase, over its record of what it holds ([`crate::ledger`]); `signals`
 //! turns SIGTERM and SIGINT into a stop and a hurry.
 
 mod domain;
