@@ -1608,3 +1608,95 @@ async fn the_device_root_flag_wins_over_its_variable() {
     assert!(d.log().contains(&volume), "{}", d.log());
     stop_cleanly(&mut d).await;
 }
+
+/// config.md: the checks of names, ranges and sources, one config each:
+/// refused with the documented message, or accepted as documented.
+#[test]
+fn config_ranges_and_names_are_checked_as_documented() {
+    use ec2fleetd::config::Config;
+    let volume = |extra: &str| {
+        format!(r#"{{ "domains": {{ "a": {{ "attach-volume": [{{ {extra} }}] }} }} }}"#)
+    };
+    let refused = [
+        (
+            r#"{ "domains": { "a": {}, "a": {} } }"#.to_string(),
+            r#"domain "a" is given twice"#,
+        ),
+        (
+            r#"{ "domains": { "": {} } }"#.to_string(),
+            "a domain needs a name",
+        ),
+        (
+            r#"{ "timeout": 1, "timeout": 2, "domains": {} }"#.to_string(),
+            r#"key "timeout" is given twice"#,
+        ),
+        (
+            r#"{ "timeout": 0, "domains": {} }"#.to_string(),
+            "more than 0 and at most 86400",
+        ),
+        (
+            r#"{ "timeout": 86401, "domains": {} }"#.to_string(),
+            "more than 0 and at most 86400",
+        ),
+        (
+            volume(r#""device": "xvdf", "source": "p", "pool-name": "p""#),
+            "is not a device name",
+        ),
+        (
+            volume(r#""device": "/dev/xvdf", "source": "pp", "pool-name": "p""#),
+            "source 'p' is given twice",
+        ),
+        (
+            volume(r#""device": "/dev/xvdf", "source": "x", "volume-id": "vol-xyz""#),
+            "is not a volume ID",
+        ),
+        (
+            volume(r#""device": "/dev/xvdf", "source": "c""#),
+            r#"source 'c' needs the key "create""#,
+        ),
+        (
+            volume(r#""device": "/dev/xvdf", "source": "c""#),
+            r#"source 'c' needs the key "pool-name""#,
+        ),
+        (
+            volume(r#""device": "/dev/xvdf", "source": "p", "pool-name": "p", "wait-available": 86401"#),
+            "from 0 to 86400",
+        ),
+        (
+            volume(r#""device": "/dev/xvdf", "source": "p", "pool-name": "p", "wait-available": -1"#),
+            "from 0 to 86400",
+        ),
+        (
+            r#"{ "domains": { "a": { "update-route53": [{ "hostedzone": "Z1", "name": "a.example.com", "ttl": 2147483648 }] } } }"#.to_string(),
+            "from 0 to 2147483647",
+        ),
+        (
+            r#"{ "domains": { "a": { "update-route53": [{ "hostedzone": "Z1", "name": "a.example.com", "ttl": -1 }] } } }"#.to_string(),
+            "from 0 to 2147483647",
+        ),
+    ];
+    for (text, message) in &refused {
+        let errors = Config::from_text("test", text).expect_err(text);
+        assert!(
+            errors.problems.iter().any(|p| p.message.contains(message)),
+            "{text}: wanted {message:?}, got {:?}",
+            errors.problems
+        );
+    }
+    // `{}` domains: valid, nothing to do; a `/hostedzone/` prefix is
+    // accepted; `starting` may be named in a matrix.
+    assert!(Config::from_text("test", r#"{ "domains": {} }"#)
+        .unwrap()
+        .domains
+        .is_empty());
+    let config = Config::from_text(
+        "test",
+        r#"{ "domains": { "a": {
+  "update-route53": [{ "hostedzone": "/hostedzone/Z1", "name": "a.example.com" }],
+  "notify": [{ "backend": "aws-sns", "options": { "topic": "arn:aws:sns:us-east-1:123456789012:t" },
+               "matrix": { "starting": { "enabled": false } } }] } } }"#,
+    )
+    .unwrap();
+    assert_eq!(config.domains[0].records[0].hosted_zone, "Z1");
+    assert_eq!(config.domains[0].records[0].ttl, 60, "the default TTL");
+}
