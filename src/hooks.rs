@@ -444,4 +444,34 @@ mod tests {
         assert_eq!(err.len(), 2, "{err:?}");
         assert!(err[1].contains("could not start"), "{err:?}");
     }
+
+    /// config.md, `ec`: a number is one code; a line's `ec` replaces its
+    /// block's (not merged); `null` takes any exit code, but death by a
+    /// signal is still a failure.
+    #[tokio::test]
+    async fn exit_code_specs_as_documented() {
+        run_started(r#"[{ "lines": [{ "argv": ["/bin/sh", "-c", "exit 3"], "ec": 3 }] }]"#)
+            .await
+            .unwrap();
+        let err = run_started(r#"[{ "lines": [{ "argv": ["/bin/true"], "ec": 3 }] }]"#)
+            .await
+            .unwrap_err();
+        assert!(err[0].contains("exited with 0 (success is 3)"), "{err:?}");
+        // The block accepts 5, the line only 0: 5 fails.
+        let err = run_started(
+            r#"[{ "ec": "5", "lines": [{ "argv": ["/bin/sh", "-c", "exit 5"], "ec": "0" }] }]"#,
+        )
+        .await
+        .unwrap_err();
+        assert!(err[0].contains("exited with 5"), "{err:?}");
+        run_started(r#"[{ "ec": null, "lines": [{ "argv": ["/bin/sh", "-c", "exit 77"] }] }]"#)
+            .await
+            .unwrap();
+        let err = run_started(
+            r#"[{ "ec": null, "lines": [{ "argv": ["/bin/sh", "-c", "kill -9 $$"] }] }]"#,
+        )
+        .await
+        .unwrap_err();
+        assert!(err[0].contains("killed by signal 9"), "{err:?}");
+    }
 }
