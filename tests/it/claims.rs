@@ -1700,3 +1700,86 @@ fn config_ranges_and_names_are_checked_as_documented() {
     assert_eq!(config.domains[0].records[0].hosted_zone, "Z1");
     assert_eq!(config.domains[0].records[0].ttl, 60, "the default TTL");
 }
+
+/// config.md: a rebalance recommendation runs its hooks once, and a new
+/// one (another notice time) runs them again.
+#[tokio::test]
+async fn a_new_rebalance_recommendation_runs_its_hooks_again() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let log = dir.path().join("hooks.log");
+    let hook = recorder(dir.path(), &log).display().to_string();
+    let config = write_config(
+        dir.path(),
+        "app.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "app": {{ "exec": [{{ "on": ["rebalance"], "lines": [{{ "argv": ["{hook}", "{{daemon_state}}"] }}] }}] }} }} }}"#
+        ),
+    );
+    let mut d = spawn_run_with(&tb, &instance, &config, &["--poll-interval", "0.1"]);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    let first = instance.imds.raise_rebalance();
+    for _ in 0..600 {
+        if recorded(&log).len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Seen on many polls, still one event; then a new recommendation.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(recorded(&log).len(), 1, "{}", d.log());
+    let mut second = instance.imds.raise_rebalance();
+    while second == first {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        second = instance.imds.raise_rebalance();
+    }
+    for _ in 0..600 {
+        if recorded(&log).len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recorded(&log).len(), 2, "{}", d.log());
+    stop_cleanly(&mut d).await;
+}
+
+/// config.md, `delete-on`: without it, a record set by an init that a
+/// signal cut short still points here after the daemon ends.
+#[tokio::test]
+async fn without_delete_on_a_record_of_a_cut_init_stays() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    double
+        .configure(json!({"delays": {"route53_insync": 60.0}}))
+        .await
+        .unwrap();
+    let zone = tb.create_hosted_zone("example.com").await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "game.jsonc",
+        &format!(
+            r#"{{ "domains": {{ "game": {{ "update-route53": [{{ "hostedzone": "{zone}", "name": "play.example.com", "wait-insync": true }}] }} }} }}"#
+        ),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    for _ in 0..1200 {
+        let calls = double.calls().await.unwrap();
+        if calls.iter().any(|c| c.action == "GetChange") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.signal(Signal::SIGTERM).unwrap();
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+    assert_eq!(
+        tb.record_values(&zone, "play.example.com", "A")
+            .await
+            .unwrap(),
+        [instance.meta.public_ipv4.clone().unwrap()],
+        "{}",
+        d.log()
+    );
+}
