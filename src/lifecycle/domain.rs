@@ -59,7 +59,7 @@ pub fn blocks_for(domain: &Domain, event: Event) -> Vec<&ExecBlock> {
 }
 
 /// A volume's own macros: `{volume_id}`, `{attached_device}`, …
-pub fn set_volume_values(values: &mut MacroValues, domain: &Domain, v: &HeldVolume) {
+fn set_volume_values(values: &mut MacroValues, domain: &Domain, v: &HeldVolume) {
     values.set("volume_id", v.volume_id.clone());
     values.set(
         "attached_device",

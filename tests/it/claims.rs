@@ -1720,12 +1720,10 @@ async fn a_new_rebalance_recommendation_runs_its_hooks_again() {
     let mut d = spawn_run_with(&tb, &instance, &config, &["--poll-interval", "0.1"]);
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     let first = instance.imds.raise_rebalance();
-    for _ in 0..600 {
-        if recorded(&log).len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("the first rebalance hooks", || async {
+        recorded(&log).len() == 1
+    })
+    .await;
     // Seen on many polls, still one event; then a new recommendation.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(recorded(&log).len(), 1, "{}", d.log());
@@ -1734,13 +1732,10 @@ async fn a_new_rebalance_recommendation_runs_its_hooks_again() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         second = instance.imds.raise_rebalance();
     }
-    for _ in 0..600 {
-        if recorded(&log).len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(recorded(&log).len(), 2, "{}", d.log());
+    until("the second rebalance hooks", || async {
+        recorded(&log).len() == 2
+    })
+    .await;
     stop_cleanly(&mut d).await;
 }
 
@@ -1765,13 +1760,11 @@ async fn without_delete_on_a_record_of_a_cut_init_stays() {
         ),
     );
     let mut d = spawn_run(&tb, &instance, &config);
-    for _ in 0..1200 {
+    until("the wait for INSYNC", || async {
         let calls = double.calls().await.unwrap();
-        if calls.iter().any(|c| c.action == "GetChange") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        calls.iter().any(|c| c.action == "GetChange")
+    })
+    .await;
     d.signal(Signal::SIGTERM).unwrap();
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
     assert_eq!(

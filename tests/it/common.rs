@@ -166,3 +166,18 @@ pub fn processes_with(arg: &str) -> usize {
         .filter(|cmd| cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
         .count()
 }
+
+/// Waits (up to a minute) until `ready` holds.
+pub async fn until<F, Fut>(what: &str, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1200 {
+        if ready().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} never happened");
+}

@@ -16,21 +16,6 @@ const REGION: &str = "us-east-1";
 const TRANSACTION: &str = "user:ec2fd.transc-id";
 const IN_TRANSIT: &str = "user:ec2fd.in-transit";
 
-/// Waits (up to a minute) until `ready` holds.
-async fn until<F, Fut>(what: &str, mut ready: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..1200 {
-        if ready().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} never happened");
-}
-
 /// Whether the double has seen a call of `action`.
 async fn called(tb: &Testbed, action: &str) -> bool {
     let calls = tb.double.as_ref().unwrap().calls().await.unwrap();
@@ -725,5 +710,36 @@ async fn a_restart_into_a_notice_releases_what_the_killed_run_held() {
             .unwrap()
             .is_empty(),
         "{text}"
+    );
+}
+
+/// The first domain that fails fails the daemon at once: the others' bring-up
+/// is cancelled (their hooks killed), not waited for.
+#[tokio::test]
+async fn the_first_failing_domain_cancels_the_others() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "two.jsonc",
+        r#"{ "domains": {
+  "slow": { "exec": [{ "on": ["starting"], "lines": [{ "argv": ["/bin/sleep", "40.5"] }] }] },
+  "bad": { "attach-volume": [{ "device": "/dev/xvdf", "source": "p", "pool-name": "empty" }] } } }"#,
+    );
+    let started = Instant::now();
+    let mut d = spawn_run(&tb, &instance, &config);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the daemon waited for the other domain: {:?}\n{}",
+        started.elapsed(),
+        d.log()
+    );
+    assert!(
+        d.log()
+            .contains("cancelling the bring-up of the other domain(s)"),
+        "{}",
+        d.log()
     );
 }
