@@ -22,6 +22,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: String,
     pub status: u16,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -207,6 +209,7 @@ async fn receive(
             .collect(),
         body,
         status,
+        at: std::time::Instant::now(),
     });
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }

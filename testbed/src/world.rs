@@ -300,46 +300,71 @@ impl Testbed {
     }
 
     pub async fn create_queue(&self, name: &str) -> Result<String> {
-        let out = self
-            .sqs
-            .create_queue()
-            .queue_name(name)
-            .send()
-            .await
-            .context("CreateQueue")?;
-        Ok(out.queue_url().unwrap_or_default().to_string())
+        create_queue(&self.sqs, name).await
+    }
+
+    /// An SQS client for another region than the testbed's.
+    pub fn sqs_in(&self, region: &str) -> aws_sdk_sqs::Client {
+        let config = aws_sdk_sqs::config::Builder::from(&self.sdk)
+            .region(Region::new(region.to_string()))
+            .build();
+        aws_sdk_sqs::Client::from_conf(config)
     }
 
     /// Takes every message waiting in the queue; returns their bodies.
     pub async fn drain_queue(&self, queue_url: &str) -> Result<Vec<String>> {
-        let mut bodies = Vec::new();
-        loop {
-            let out = self
-                .sqs
-                .receive_message()
-                .queue_url(queue_url)
-                .max_number_of_messages(10)
-                .send()
-                .await
-                .context("ReceiveMessage")?;
-            let messages = out.messages();
-            if messages.is_empty() {
-                return Ok(bodies);
+        Ok(drain_queue(&self.sqs, queue_url)
+            .await?
+            .into_iter()
+            .map(|m| m.body().unwrap_or_default().to_string())
+            .collect())
+    }
+}
+
+/// Creates the queue `name` with `sqs`; returns its URL.
+pub async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
+    let out = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .context("CreateQueue")?;
+    Ok(out.queue_url().unwrap_or_default().to_string())
+}
+
+/// Takes every message waiting in the queue, with its message attributes.
+pub async fn drain_queue(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+    let mut taken = Vec::new();
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .context("ReceiveMessage")?;
+        let messages = out.messages();
+        if messages.is_empty() {
+            return Ok(taken);
+        }
+        for m in messages {
+            if let Some(h) = m.receipt_handle() {
+                sqs.delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(h)
+                    .send()
+                    .await?;
             }
-            for m in messages {
-                bodies.push(m.body().unwrap_or_default().to_string());
-                if let Some(h) = m.receipt_handle() {
-                    self.sqs
-                        .delete_message()
-                        .queue_url(queue_url)
-                        .receipt_handle(h)
-                        .send()
-                        .await?;
-                }
-            }
+            taken.push(m.clone());
         }
     }
+}
 
+impl Testbed {
     /// The values of the record `name`/`kind` in the zone, if it exists.
     pub async fn record_values(
         &self,

@@ -13,11 +13,6 @@ use super::common::*;
 const REGION: &str = "us-east-1";
 const TRANSACTION: &str = "user:ec2fd.transc-id";
 
-/// Writes `config` (JSON) as `NAME.jsonc` in `dir`.
-fn json_config(dir: &Path, name: &str, config: serde_json::Value) -> std::path::PathBuf {
-    write_config(dir, &format!("{name}.jsonc"), &config.to_string())
-}
-
 /// A hook line that appends `WHAT UNIX_TIME` to `file`.
 fn stamp(file: &Path, what: &str) -> serde_json::Value {
     json!({ "argv": ["/bin/sh", "-c", format!("echo {what} $(date +%s.%N) >> '{}'", file.display())] })
@@ -960,12 +955,20 @@ async fn an_instance_without_the_address_asked_for_fails_the_record() {
         .is_empty());
 }
 
-/// config.md, Route53 retries: "Every Route53 call is retried on those,
-/// on a 5xx and on no answer: up to 11 retries … Each retry is logged with
-/// its count and reason … Other errors (`InvalidChangeBatch`,
-/// `AccessDenied`, `NoSuchHostedZone`) are not retried."
-#[tokio::test]
-async fn route53_5xx_are_retried_and_a_missing_zone_is_not() {
+/// A daemon whose domain `app` has the records `records(zone)` (a zone
+/// `example.com` made for it), started while the next `failures`
+/// ChangeResourceRecordSets calls are answered 503, with the record of
+/// calls cleared.
+async fn with_failing_changes(
+    failures: u32,
+    records: impl Fn(&str) -> serde_json::Value,
+) -> (
+    Testbed,
+    SimInstance,
+    String,
+    DaemonProcess,
+    tempfile::TempDir,
+) {
     let tb = Testbed::start(REGION).await.unwrap();
     let double = tb.double.clone().unwrap();
     let zone = tb.create_hosted_zone("example.com").await.unwrap();
@@ -974,16 +977,29 @@ async fn route53_5xx_are_retried_and_a_missing_zone_is_not() {
     let config = json_config(
         dir.path(),
         "app",
-        json!({ "domains": { "app": { "update-route53": [
-            { "hostedzone": zone, "name": "app.example.com" },
-            { "hostedzone": "Z00000000000000000NOPE", "name": "app.example.net", "critical": false } ] } } }),
+        json!({ "domains": { "app": { "update-route53": records(&zone) } } }),
     );
     double
-        .configure(json!({ "fail_next": { "ChangeResourceRecordSets": 2 } }))
+        .configure(json!({ "fail_next": { "ChangeResourceRecordSets": failures } }))
         .await
         .unwrap();
     double.clear_calls().await.unwrap();
-    let mut d = spawn_run(&tb, &instance, &config);
+    let d = spawn_run(&tb, &instance, &config);
+    (tb, instance, zone, d, dir)
+}
+
+/// config.md, Route53 retries: "Every Route53 call is retried on those,
+/// on a 5xx and on no answer: up to 11 retries … Each retry is logged with
+/// its count and reason … Other errors (`InvalidChangeBatch`,
+/// `AccessDenied`, `NoSuchHostedZone`) are not retried."
+#[tokio::test]
+async fn route53_5xx_are_retried_and_a_missing_zone_is_not() {
+    let (tb, instance, zone, mut d, _dir) = with_failing_changes(2, |zone| {
+        json!([
+            { "hostedzone": zone, "name": "app.example.com" },
+            { "hostedzone": "Z00000000000000000NOPE", "name": "app.example.net", "critical": false } ])
+    })
+    .await;
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     let log = d.log();
     for retry in ["retry 1 of 11", "retry 2 of 11"] {
@@ -1009,6 +1025,43 @@ async fn route53_5xx_are_retried_and_a_missing_zone_is_not() {
         "NoSuchHostedZone was retried\n{log}"
     );
     assert_eq!(to("ChangeResourceRecordSets", "Z00000000000000000NOPE"), 0);
+    stop_cleanly(&mut d).await;
+}
+
+/// config.md: Route53 gives up after 11 retries, the n-th after at least
+/// a tenth of 0.25 s × 2ⁿ⁻¹ (at most 8 s); a record that is not critical
+/// then fails alone and the domain comes up.
+#[tokio::test]
+async fn route53_gives_up_after_eleven_retries() {
+    let (tb, _instance, zone, mut d, _dir) = with_failing_changes(
+        100,
+        |zone| json!([{ "hostedzone": zone, "name": "app.example.com", "critical": false }]),
+    )
+    .await;
+    d.wait_ready(Duration::from_secs(120)).await.unwrap();
+    let log = d.log();
+    assert!(log.contains("retry 11 of 11"), "{log}");
+    assert!(!log.contains("retry 12 of"), "{log}");
+    let changes: Vec<f64> = of(&calls(&tb).await, "ChangeResourceRecordSets", None)
+        .iter()
+        .map(|c| c.t)
+        .collect();
+    assert_eq!(changes.len(), 12, "the first attempt and 11 retries\n{log}");
+    for (n, pair) in changes.windows(2).enumerate() {
+        let ceiling = (0.25 * f64::powi(2.0, n as i32)).min(8.0);
+        assert!(
+            pair[1] - pair[0] >= ceiling / 10.0 - 0.01,
+            "retry {}: {:.3}s after the last, less than {:.3}s",
+            n + 1,
+            pair[1] - pair[0],
+            ceiling / 10.0
+        );
+    }
+    assert!(tb
+        .record_values(&zone, "app.example.com", "A")
+        .await
+        .unwrap()
+        .is_empty());
     stop_cleanly(&mut d).await;
 }
 
@@ -1281,13 +1334,24 @@ async fn drill_and_policy_send_nothing_to_aws() {
 /// running (hooks in flight during init are killed)".
 #[tokio::test]
 async fn sigint_during_init_kills_the_hooks_in_flight() {
+    a_signal_during_init_kills_the_hooks_in_flight(Signal::SIGINT, "30.75").await;
+}
+
+#[tokio::test]
+async fn sigterm_during_init_kills_the_hooks_in_flight() {
+    a_signal_during_init_kills_the_hooks_in_flight(Signal::SIGTERM, "30.76").await;
+}
+
+/// cli.md: SIGTERM or SIGINT during init cuts the hooks in flight and
+/// takes the stop path; `sleep SECONDS` names this run's hook.
+async fn a_signal_during_init_kills_the_hooks_in_flight(signal: Signal, seconds: &str) {
     let tb = Testbed::start(REGION).await.unwrap();
     let instance = tb.launch_instance("a", None).await.unwrap();
     let dir = tempdir();
     let log = dir.path().join("hooks.log");
     let hook = recorder(dir.path(), &log).display().to_string();
     let mark = dir.path().join("begun");
-    let slow = format!("touch '{}'; sleep 30.75; true", mark.display());
+    let slow = format!("touch '{}'; sleep {seconds}; true", mark.display());
     let config = json_config(
         dir.path(),
         "app",
@@ -1298,17 +1362,17 @@ async fn sigint_during_init_kills_the_hooks_in_flight() {
     let mut d = spawn_run(&tb, &instance, &config);
     wait_for_file(&mark).await;
     let signalled = Instant::now();
-    d.signal(Signal::SIGINT).unwrap();
+    d.signal(signal).unwrap();
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
     assert!(
         signalled.elapsed() < Duration::from_secs(10),
-        "SIGINT did not end init"
+        "{signal} did not end init"
     );
     assert!(!d.notify.messages().iter().any(|m| m == "READY=1"));
     let states: Vec<String> = recorded(&log).into_iter().map(|c| c[1].clone()).collect();
     assert_eq!(states, ["stopping"], "{}", d.log());
     assert_eq!(
-        processes_with("30.75"),
+        processes_with(seconds),
         0,
         "the starting hook was not killed"
     );
@@ -1422,6 +1486,37 @@ fn both_units_carry_the_documented_settings() {
         option("--shutdown-reserve").contains("[default: 10]"),
         "{help}"
     );
+}
+
+/// cli.md: both units pass `systemd-analyze verify` without a word (an
+/// unknown key or a wrong value is a warning there, so the test wants
+/// silence), with `ExecStart` pointed at the daemon built here.
+#[test]
+fn the_units_pass_systemd_analyze_verify() {
+    let dir = tempdir();
+    for unit in ["ec2fleetd.service", "ec2fleetd@.service"] {
+        let text = std::fs::read_to_string(repo_file(&format!("systemd/{unit}"))).unwrap();
+        assert!(text.contains("ExecStart=/usr/bin/ec2fleetd "), "{unit}");
+        let text = text.replace(
+            "/usr/bin/ec2fleetd ",
+            &format!("{} ", daemon_bin().display()),
+        );
+        // An instance of the template is what systemd loads.
+        let name = unit.replace("@.", "@app.");
+        let path = dir.path().join(&name);
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze runs (Debian's systemd package)");
+        let said = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "{name}: {said}"
+        );
+    }
 }
 
 /// cli.md: "`ec2fleetd --help` and `ec2fleetd COMMAND --help` list the
@@ -1674,6 +1769,42 @@ fn config_ranges_and_names_are_checked_as_documented() {
             r#"{ "domains": { "a": { "update-route53": [{ "hostedzone": "Z1", "name": "a.example.com", "ttl": -1 }] } } }"#.to_string(),
             "from 0 to 2147483647",
         ),
+        (
+            r#"{ "hostname": "-web.example.com", "domains": {} }"#.to_string(),
+            r#"is not a valid hostname (label "-web")"#,
+        ),
+        (
+            r#"{ "hostname": "a..example.com", "domains": {} }"#.to_string(),
+            "is not a valid hostname",
+        ),
+        (
+            format!(r#"{{ "hostname": "{}", "domains": {{}} }}"#, "a".repeat(64)),
+            "is not a valid hostname",
+        ),
+        (
+            r#"{ "hostname": "web_1.example.com", "domains": {} }"#.to_string(),
+            "is not a valid hostname",
+        ),
+        (
+            volume(r#""device": "/dev/xvdf", "source": "c", "pool-name": "p", "create": { "Size": 0 }"#),
+            "from 1 to 1048576",
+        ),
+        (
+            volume(r#""device": "/dev/xvdf", "source": "c", "pool-name": "p", "create": { "Size": 8, "Iops": 1048577 }"#),
+            "from 1 to 1048576",
+        ),
+        (
+            volume(r#""device": "/dev/xvdf", "source": "c", "pool-name": "p", "create": { "VolumeType": "gp3" }"#),
+            r#"needs "Size" or "SnapshotId""#,
+        ),
+        (
+            r#"{ "domains": { "a": { "exec": [{ "lines": [{ "argv": ["/bin/true"], "timeout": 0 }] }] } } }"#.to_string(),
+            "more than 0 and at most 86400",
+        ),
+        (
+            r#"{ "domains": { "a": { "exec": [{ "lines": [{ "argv": ["/bin/true"], "timeout": 86401 }] }] } } }"#.to_string(),
+            "more than 0 and at most 86400",
+        ),
     ];
     for (text, message) in &refused {
         let errors = Config::from_text("test", text).expect_err(text);
@@ -1699,6 +1830,17 @@ fn config_ranges_and_names_are_checked_as_documented() {
     .unwrap();
     assert_eq!(config.domains[0].records[0].hosted_zone, "Z1");
     assert_eq!(config.domains[0].records[0].ttl, 60, "the default TTL");
+    // A 63-character label, 64 characters with a trailing dot, the
+    // range's ends.
+    for ok in [
+        format!(r#"{{ "hostname": "{}", "domains": {{}} }}"#, "a".repeat(63)),
+        format!(r#"{{ "hostname": "{}.example.com.", "domains": {{}} }}"#, "a".repeat(51)),
+        r#"{ "hostname": "web-1.example.com", "domains": {} }"#.to_string(),
+        volume(r#""device": "/dev/xvdf", "source": "c", "pool-name": "p", "create": { "Size": 1048576, "Iops": 1 }"#),
+        r#"{ "domains": { "a": { "exec": [{ "lines": [{ "argv": ["/bin/true"], "timeout": 86400 }] }] } } }"#.to_string(),
+    ] {
+        Config::from_text("test", &ok).unwrap_or_else(|e| panic!("{ok}: {:?}", e.problems));
+    }
 }
 
 /// config.md: a rebalance recommendation runs its hooks once, and a new

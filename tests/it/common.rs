@@ -181,3 +181,8 @@ where
     }
     panic!("{what} never happened");
 }
+
+/// Writes `config` (JSON) as `NAME.jsonc` in `dir`.
+pub fn json_config(dir: &Path, name: &str, config: serde_json::Value) -> PathBuf {
+    write_config(dir, &format!("{name}.jsonc"), &config.to_string())
+}

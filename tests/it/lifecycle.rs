@@ -208,13 +208,18 @@ async fn hooks_run_as_the_user_group_env_and_cwd_given() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = dir.path().join("who");
+    let numeric = dir.path().join("numeric");
     let exec = format!(
         r#"[{{ "on": ["started"], "lines": [{{
-            "argv": ["/bin/sh", "-c", "(id -u; id -g; pwd; echo \"$GREETING\"; echo \"$HOME\") > '{out}'"],
+            "argv": ["/bin/sh", "-c", "(id -u; id -g; pwd; echo \"$GREETING\"; echo \"$HOME\"; echo \"$USER $LOGNAME\") > '{out}'"],
             "user": "nobody", "group": "nogroup", "cwd": "{cwd}",
-            "env": {{ "GREETING": "hello from {{instance_id}}" }} }}] }}]"#,
+            "env": {{ "GREETING": "hello from {{instance_id}}" }} }},
+          {{ "argv": ["/bin/sh", "-c", "(id -g; id -G; echo \"$USER $LOGNAME\") > '{numeric}'"],
+             "user": "{uid}" }}] }}]"#,
         out = out.display(),
-        cwd = dir.path().display()
+        numeric = numeric.display(),
+        cwd = dir.path().display(),
+        uid = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid,
     );
     let (instance, config) = hooks_only(&tb, dir.path(), &exec).await;
     let mut d = spawn_run(&tb, &instance, &config);
@@ -231,6 +236,14 @@ async fn hooks_run_as_the_user_group_env_and_cwd_given() {
         format!("hello from {}", instance.meta.instance_id)
     );
     assert_eq!(Path::new(lines[4]), nobody.dir);
+    assert_eq!(lines[5], "nobody nobody");
+    // A numeric user: its name for USER and LOGNAME, its primary group
+    // and only that (none of root's groups stay).
+    let numeric = std::fs::read_to_string(&numeric).unwrap();
+    let lines: Vec<&str> = numeric.lines().collect();
+    assert_eq!(lines[0], nobody.gid.to_string());
+    assert_eq!(lines[1], nobody.gid.to_string());
+    assert_eq!(lines[2], "nobody nobody");
     stop_cleanly(&mut d).await;
 }
 

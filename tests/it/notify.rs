@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use ec2fleetd_testbed::webhook::WebhookReceiver;
+use ec2fleetd_testbed::world::{create_queue, drain_queue};
 
 use super::common::*;
 
@@ -296,6 +297,18 @@ async fn webhooks_go_over_verified_https() {
     );
     assert_eq!(got[0].header("content-type"), Some("application/json"));
     stop_cleanly(&mut trusting).await;
+
+    // SSL_CERT_DIR: a folder of PEM files.
+    let certs = tempdir();
+    std::fs::copy(hook.ca_file().unwrap(), certs.path().join("fleet-ca.pem")).unwrap();
+    let mut env = tb.daemon_env(&instance);
+    env.push(("SSL_CERT_DIR".into(), certs.path().display().to_string()));
+    let mut by_dir = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
+    by_dir.wait_ready(READY_TIMEOUT).await.unwrap();
+    hook.wait_for_delivered(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    stop_cleanly(&mut by_dir).await;
 }
 
 /// The example in `doc/events.md` is a valid event.
@@ -345,4 +358,139 @@ async fn a_failed_domain_reports_why() {
     assert_eq!(event["records"], serde_json::json!([]));
     let errors = event["errors"].to_string();
     assert!(errors.contains("NoSuchHostedZone"), "{errors}");
+}
+
+/// config.md: a text body is sent as text unless it parses as JSON; a
+/// webhook says who sends it and which event; 408 and 429 are retried, the
+/// n-th retry after at least a tenth of 0.5 s × 2ⁿ⁻¹.
+#[tokio::test]
+async fn webhook_bodies_headers_and_retries_are_as_documented() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let text = WebhookReceiver::start().await.unwrap();
+    text.answer_next(&[408, 429]);
+    let json = WebhookReceiver::start().await.unwrap();
+    let dir = tempdir();
+    let config = json_config(
+        dir.path(),
+        "app",
+        serde_json::json!({ "domains": { "app": { "notify": [
+            { "backend": "webhook", "options": { "url": text.url("/t"), "retries": 2 },
+              "envelope": { "body": "{domain} is {daemon_state}" } },
+            { "backend": "webhook", "options": { "url": json.url("/j"), "retries": 0 },
+              "envelope": { "body": "{{\"d\": \"{domain}\"}}" } } ] } } }),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    let delivered = text
+        .wait_for_delivered(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(delivered[0].body, "app is started");
+    assert_eq!(
+        delivered[0].header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(delivered[0].header("x-ec2fleetd-event"), Some("started"));
+    let agent = delivered[0].header("user-agent").unwrap_or_default();
+    assert_eq!(agent, concat!("ec2fleetd/", env!("CARGO_PKG_VERSION")));
+    let tries = text.received();
+    let statuses: Vec<u16> = tries.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [408, 429, 200]);
+    assert!(tries[1].at - tries[0].at >= Duration::from_millis(50));
+    assert!(tries[2].at - tries[1].at >= Duration::from_millis(100));
+
+    let got = json
+        .wait_for_delivered(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(got[0].header("content-type"), Some("application/json"));
+    assert_eq!(got[0].json(), serde_json::json!({ "d": "app" }));
+    stop_cleanly(&mut d).await;
+}
+
+/// config.md: SNS and SQS messages carry `event`, `domain` and
+/// `instance_id`; `options.region` names the queue's region, and the
+/// daemon's region is `AWS_REGION` before the instance's.
+#[tokio::test]
+async fn messages_carry_their_attributes_and_go_to_their_region() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let (topic, inbox) = tb.topic_with_queue("events").await.unwrap();
+    let home = tb.create_queue("fleet").await.unwrap();
+    let away = tb.sqs_in("eu-west-1");
+    let away_url = create_queue(&away, "fleet").await.unwrap();
+    let dir = tempdir();
+    let sqs = |region: Option<&str>| {
+        let mut options = serde_json::json!({ "queue-url": away_url, "retries": 0 });
+        if let Some(r) = region {
+            options["region"] = r.into();
+        }
+        serde_json::json!({ "backend": "aws-sqs", "options": options,
+                            "matrix": { "stopping": { "enabled": false } } })
+    };
+    // Named region: eu-west-1 while the daemon's is the instance's.
+    let config = json_config(
+        dir.path(),
+        "app",
+        serde_json::json!({ "domains": { "app": { "notify": [
+            { "backend": "aws-sns", "options": { "topic": topic } },
+            sqs(Some("eu-west-1")) ] } } }),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    let away_got = std::sync::Mutex::new(Vec::new());
+    until("a message in eu-west-1", || async {
+        let m = drain_queue(&away, &away_url).await.unwrap();
+        away_got.lock().unwrap().extend(m);
+        !away_got.lock().unwrap().is_empty()
+    })
+    .await;
+    let away_got = away_got.into_inner().unwrap();
+    stop_cleanly(&mut d).await;
+    let attribute = |m: &aws_sdk_sqs::types::Message, name: &str| {
+        m.message_attributes()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.string_value())
+            .map(str::to_string)
+    };
+    let id = instance.meta.instance_id.as_str();
+    for (name, value) in [("event", "started"), ("domain", "app"), ("instance_id", id)] {
+        assert_eq!(attribute(&away_got[0], name).as_deref(), Some(value));
+    }
+    let sns: Vec<serde_json::Value> = tb
+        .drain_queue(&inbox)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let started = sns
+        .iter()
+        .find(|e| e["MessageAttributes"]["event"]["Value"] == "started")
+        .unwrap_or_else(|| panic!("no started message: {sns:?}"));
+    assert_eq!(started["MessageAttributes"]["domain"]["Value"], "app");
+    assert_eq!(started["MessageAttributes"]["instance_id"]["Value"], id);
+
+    // No region option: AWS_REGION wins over the instance's region.
+    let config = json_config(
+        dir.path(),
+        "app2",
+        serde_json::json!({ "domains": { "app": { "notify": [sqs(None)] } } }),
+    );
+    let config = config.display().to_string();
+    let args = ["run", "--config", config.as_str(), "--keep-hostname"];
+    let mut env = tb.daemon_env(&instance);
+    env.push(("AWS_REGION".into(), "eu-west-1".into()));
+    let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    until("a message in AWS_REGION", || async {
+        !drain_queue(&away, &away_url).await.unwrap().is_empty()
+    })
+    .await;
+    stop_cleanly(&mut d).await;
+    assert!(
+        tb.drain_queue(&home).await.unwrap().is_empty(),
+        "nothing went to the instance's region"
+    );
 }
