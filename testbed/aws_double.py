@@ -19,6 +19,7 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import tempfile
 import sys
 import threading
@@ -30,6 +31,7 @@ from werkzeug.serving import make_server
 
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import elastic_block_store as ebs
+from moto.ec2.responses import elastic_block_store as ebs_responses
 from moto.ec2.models import instances as ec2_instances
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.route53 import models as r53_models
@@ -68,6 +70,9 @@ DEFAULTS = {
     # "before"} (before moto sees the call) or "after" (moto has done the
     # work; the answer comes S seconds late).
     "delay_next": {},
+    # The next N snapshots end in `error` (after the snapshot delay) with
+    # this StateMessage: {"count": N, "message": "..."}.
+    "snapshot_error_next": {},
     # Seconds a hosted zone stays busy after a change: another change to it
     # meanwhile is refused with PriorRequestNotComplete, as Route53 does
     # when it cannot process a change before the next one arrives.
@@ -140,6 +145,8 @@ _orig_attach_volume = ebs.EBSBackend.attach_volume
 _orig_detach_volume = ebs.EBSBackend.detach_volume
 _orig_create_snapshot = ebs.EBSBackend.create_snapshot
 _orig_describe_volumes = ebs.EBSBackend.describe_volumes
+_orig_delete_snapshot = ebs.EBSBackend.delete_snapshot
+_orig_response_create_volume = ebs_responses.ElasticBlockStore.create_volume
 
 
 def _volume_status(self):
@@ -187,7 +194,6 @@ def _timed_status(waiting, done):
 ebs.Volume.status = property(_volume_status)
 ebs.Volume.attachment = property(_volume_attachment_get, _volume_attachment_set)
 ebs.VolumeAttachment.status = _timed_status("attaching", "attached")
-ebs.Snapshot.status = _timed_status("pending", "completed")
 
 
 def create_volume(self, size, zone_name, snapshot_id=None, *args, **kwargs):
@@ -284,13 +290,210 @@ def detach_volume(self, volume_id, instance_id, device_path, *args, **kwargs):
         return att
 
 
-def create_snapshot(self, *args, **kwargs):
+# ------------------------------------------------------------- snapshots
+#
+# moto's snapshot is a live view of its volume, always `completed` at 100 %.
+# AWS's holds the volume's data and size at the CreateSnapshot call, is
+# `pending` (with a Progress) until its blocks are in S3, may end in
+# `error`, and cannot be restored from until `completed`.
+
+# Pending snapshots one volume may have (st1 and sc1: one).
+PENDING_LIMIT = {"st1": 1, "sc1": 1}
+PENDING_LIMIT_DEFAULT = 5
+
+
+def _snapshot_file(snapshot_id):
+    return os.path.join(DATA_DIR, f"{snapshot_id}.img")
+
+
+def _snapshot_status(self):
+    """`pending` until `_ready_at`; then `completed`, or `error` when the
+    test asked for it. A deletion asked for while pending lands then."""
+    status = self.__dict__.get("_status", "completed")
+    if status == "pending" and now() >= self.__dict__.get("_ready_at", 0):
+        status = self.__dict__["_status"] = "error" if self.__dict__.get("_fails") else "completed"
+        if self.__dict__.get("_delete_at_completion"):
+            self.ec2_backend.snapshots.pop(self.id, None)
+    return status
+
+
+def _snapshot_status_set(self, value):
+    self.__dict__["_status"] = value
+
+
+def _snapshot_progress(self):
+    status = self.status
+    if status != "pending":
+        return "100%" if status == "completed" else "0%"
+    start, end = self.__dict__.get("_started", now()), self.__dict__.get("_ready_at", now())
+    share = 0.0 if end <= start else (now() - start) / (end - start)
+    return f"{min(99, int(share * 100))}%"
+
+
+def _snapshot_message(self):
+    return self.__dict__.get("_message") if self.status == "error" else None
+
+
+ebs.Snapshot.status = property(_snapshot_status, _snapshot_status_set)
+ebs.Snapshot.progress = property(_snapshot_progress)
+ebs.Snapshot.state_message = property(_snapshot_message)
+ebs.Snapshot.status_message = property(_snapshot_message)
+# The size at the call, not the volume's later one.
+ebs.Snapshot.volume_size = property(
+    lambda self: self.__dict__.get("_volume_size", self.volume.size)
+)
+
+
+def _pending_of(backend, volume_id):
+    return [
+        s for s in list(backend.snapshots.values())
+        if s.volume.id == volume_id and s.status == "pending"
+    ]
+
+
+def create_snapshot(self, volume_id, *args, **kwargs):
+    if internal():
+        return _orig_create_snapshot(self, volume_id, *args, **kwargs)
     with LOCK:
-        snapshot = _orig_create_snapshot(self, *args, **kwargs)
-        if delay("snapshot") > 0:
+        volume = self.get_volume(volume_id)
+        limit = PENDING_LIMIT.get(volume.volume_type, PENDING_LIMIT_DEFAULT)
+        if len(_pending_of(self, volume_id)) >= limit:
+            raise EC2ClientError(
+                "ConcurrentSnapshotLimitExceeded",
+                f"Maximum number of in-progress snapshots ({limit}) reached for volume {volume_id}.",
+            )
+        snapshot = _orig_create_snapshot(self, volume_id, *args, **kwargs)
+        snapshot.__dict__["_volume_size"] = volume.size
+        if DATA_DIR:
+            shutil.copyfile(_volume_file(volume_id), _snapshot_file(snapshot.id))
+        fails = SETTINGS["snapshot_error_next"]
+        if fails.get("count", 0) > 0:
+            fails["count"] -= 1
+            snapshot.__dict__["_fails"] = True
+            snapshot.__dict__["_message"] = fails.get("message", "Snapshot failed (forced by the test).")
+        if delay("snapshot") > 0 or snapshot.__dict__.get("_fails"):
             snapshot.status = "pending"
+            snapshot.__dict__["_started"] = now()
             snapshot.__dict__["_ready_at"] = now() + delay("snapshot")
         return snapshot
+
+
+def delete_snapshot(self, snapshot_id):
+    with LOCK:
+        snapshot = self.snapshots.get(snapshot_id)
+        if snapshot is not None and snapshot.status == "pending":
+            # AWS: "the snapshot must complete before the deletion takes effect".
+            if snapshot.from_ami and snapshot.from_ami in self.amis:
+                return _orig_delete_snapshot(self, snapshot_id)
+            snapshot.__dict__["_delete_at_completion"] = True
+            return snapshot
+        return _orig_delete_snapshot(self, snapshot_id)
+
+
+# CreateVolume's ClientToken: (account, region, zone, token) -> (parameters, volume ID).
+CLIENT_TOKENS = {}
+TOKEN_PARAMETERS = ("Size", "SnapshotId", "VolumeType", "Iops", "Throughput", "Encrypted",
+                    "KmsKeyId", "MultiAttachEnabled", "OutpostArn")
+
+
+def response_create_volume(self):
+    token = self._get_param("ClientToken")
+    with LOCK:
+        snapshot_id = self._get_param("SnapshotId")
+        size = self._get_param("Size")
+        if snapshot_id:
+            snapshot = self.ec2_backend.get_snapshot(snapshot_id)
+            if snapshot.status != "completed":
+                raise EC2ClientError(
+                    "IncorrectState",
+                    f"Snapshot is in invalid state - {snapshot.status}",
+                )
+            if size is not None and int(size) < snapshot.volume_size:
+                raise EC2ClientError(
+                    "InvalidParameterValue",
+                    f"Volume of size {size}GiB is smaller than snapshot '{snapshot_id}', expect size >= {snapshot.volume_size}GiB",
+                )
+        if not token:
+            return _volume_from(self, snapshot_id)[0]
+        if len(token) > 64:
+            raise EC2ClientError("InvalidParameterValue", "The client token must be at most 64 characters long.")
+        key = (self.ec2_backend.account_id, self.region, self._get_param("AvailabilityZone"), token)
+        asked = {p: self._get_param(p) for p in TOKEN_PARAMETERS}
+        known = CLIENT_TOKENS.get(key)
+        if known is not None:
+            if known[0] != asked:
+                raise EC2ClientError(
+                    "IdempotentParameterMismatch",
+                    "The client token you have provided is associated with a resource that is already deleted"
+                    if known[1] not in self.ec2_backend.volumes else
+                    "Client token already used before with different parameters.",
+                )
+            from moto.core.responses import ActionResult
+
+            volume = self.ec2_backend.volumes.get(known[1])
+            if volume is None:
+                raise EC2ClientError(
+                    "IdempotentParameterMismatch",
+                    "The client token you have provided is associated with a resource that is already deleted.",
+                )
+            return ActionResult(volume)
+        result, volume_id = _volume_from(self, snapshot_id)
+        CLIENT_TOKENS[key] = (asked, volume_id)
+        return result
+
+
+def _volume_from(response, snapshot_id):
+    """moto's CreateVolume, then the snapshot's data into the new volume:
+    (the answer, the volume ID)."""
+    result = _orig_response_create_volume(response)
+    volume_id = result.result.id
+    if snapshot_id and DATA_DIR and os.path.exists(_snapshot_file(snapshot_id)):
+        shutil.copyfile(_snapshot_file(snapshot_id), os.path.join(DATA_DIR, f"{volume_id}.img"))
+    return result, volume_id
+
+
+def response_describe_snapshots(self):
+    from moto.core.responses import ActionResult
+
+    owners = self._get_param("OwnerIds", [])
+    max_results = self._get_param("MaxResults")
+    next_token = self._get_param("NextToken")
+    snapshot_ids = self._get_param("SnapshotIds", [])
+    if max_results is not None:
+        if snapshot_ids:
+            raise EC2ClientError(
+                "InvalidParameterCombination",
+                "The parameter snapshotIdsSet cannot be used with the parameter maxResults",
+            )
+        if not 5 <= int(max_results) <= 1000:
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Value ( {max_results} ) for parameter maxResults is invalid. Expecting a value between 5 and 1000.",
+            )
+    with LOCK:
+        snapshots = self.ec2_backend.describe_snapshots(
+            snapshot_ids=snapshot_ids, filters=self._filters_from_querystring()
+        )
+        # Reading the status lands deletions of completed snapshots.
+        snapshots = [s for s in snapshots if s.status and s.id in self.ec2_backend.snapshots]
+        if snapshot_ids and len(snapshots) < len(set(snapshot_ids)):
+            missing = sorted(set(snapshot_ids) - {s.id for s in snapshots})
+            raise EC2ClientError("InvalidSnapshot.NotFound", f"The snapshot '{missing[0]}' does not exist.")
+    if owners:
+        account = self.ec2_backend.account_id
+        wanted = {account if o == "self" else o for o in owners}
+        snapshots = [s for s in snapshots if s.owner_id in wanted or ("amazon" in wanted and s.from_ami)]
+    snapshots.sort(key=lambda s: s.id)
+    token = None
+    if max_results is not None:
+        start = int(next_token) if next_token else 0
+        end = start + int(max_results)
+        token = str(end) if end < len(snapshots) else None
+        snapshots = snapshots[start:end]
+    answer = {"Snapshots": snapshots}
+    if token:
+        answer["NextToken"] = token
+    return ActionResult(answer)
 
 
 def _visible(volume):
@@ -314,6 +517,9 @@ ebs.EBSBackend.create_volume = create_volume
 ebs.EBSBackend.attach_volume = attach_volume
 ebs.EBSBackend.detach_volume = detach_volume
 ebs.EBSBackend.create_snapshot = create_snapshot
+ebs.EBSBackend.delete_snapshot = delete_snapshot
+ebs_responses.ElasticBlockStore.create_volume = response_create_volume
+ebs_responses.ElasticBlockStore.describe_snapshots = response_describe_snapshots
 
 
 # ------------------------------------------------------------ block devices

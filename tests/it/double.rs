@@ -748,3 +748,227 @@ async fn calls_are_recorded_in_order_with_their_parameters() {
     assert_eq!(calls[0].params["Device"], "/dev/xvdh");
     assert!(calls[0].is_mutating() && !calls[1].is_mutating());
 }
+
+/// What each snapshot rule answers on this server (the snapshot delay is
+/// 0.8 s on the double).
+async fn snapshot_answers(tb: &Testbed) -> Vec<(&'static str, String)> {
+    use aws_sdk_ec2::types::Snapshot;
+    let ec2 = &tb.ec2;
+    let v = tb.create_volume("a", 10).await.unwrap();
+    let snap = |v: &str| {
+        let v = v.to_string();
+        async move { ec2.create_snapshot().volume_id(v).send().await }
+    };
+    let look = |id: String| async move {
+        ec2.describe_snapshots()
+            .snapshot_ids(id)
+            .send()
+            .await
+            .map(|o| o.snapshots().first().cloned())
+    };
+    let state = |s: &Snapshot| {
+        format!(
+            "{} {}",
+            s.state().map_or("?", |s| s.as_str()),
+            s.progress().unwrap_or("?")
+        )
+    };
+    let restore = |snapshot: String, size: Option<i32>| async move {
+        outcome(
+            ec2.create_volume()
+                .availability_zone(tb.zone("a"))
+                .snapshot_id(snapshot)
+                .set_size(size)
+                .send()
+                .await,
+        )
+    };
+    let first = snap(&v).await.unwrap();
+    let first_id = first.snapshot_id().unwrap().to_string();
+    let pending = format!(
+        "{} {}",
+        first.state().map_or("?", |s| s.as_str()),
+        first.progress().unwrap_or("?")
+    );
+    let restore_pending = restore(first_id.clone(), None).await;
+    // The volume grows after the call: the snapshot keeps the size it had.
+    ec2.modify_volume()
+        .volume_id(&v)
+        .size(20)
+        .send()
+        .await
+        .unwrap();
+    let mut answers = vec![
+        ("pending at first", pending),
+        ("restore while pending", restore_pending),
+    ];
+    for _ in 0..100 {
+        if look(first_id.clone())
+            .await
+            .unwrap()
+            .is_some_and(|s| s.state() == Some(&aws_sdk_ec2::types::SnapshotState::Completed))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let size = look(first_id.clone()).await.unwrap().unwrap().volume_size();
+    answers.push(("size at the call", format!("{size:?}")));
+    answers.push(("restore smaller", restore(first_id.clone(), Some(5)).await));
+
+    // ClientToken: the same call again is the same volume; other parameters
+    // are refused.
+    let token = |size: i32| async move {
+        ec2.create_volume()
+            .availability_zone(tb.zone("a"))
+            .size(size)
+            .client_token("ec2fd-test-token-1")
+            .send()
+            .await
+            .map(|o| o.volume_id().unwrap_or_default().to_string())
+    };
+    let (once, twice) = (token(8).await.unwrap(), token(8).await.unwrap());
+    answers.push(("same token", (once == twice).to_string()));
+    answers.push(("same token, other size", outcome(token(9).await)));
+
+    // Five pending snapshots per volume; the sixth is refused.
+    let busy = tb.create_volume("a", 10).await.unwrap();
+    for _ in 0..5 {
+        snap(&busy).await.unwrap();
+    }
+    answers.push(("sixth pending", outcome(snap(&busy).await)));
+
+    // A snapshot that fails ends in `error` with a message.
+    if let Some(d) = &tb.double {
+        d.configure(json!({ "snapshot_error_next": { "count": 1, "message": "disk on fire" } }))
+            .await
+            .unwrap();
+    }
+    let failing = snap(&v).await.unwrap().snapshot_id().unwrap().to_string();
+    // Deleting a pending snapshot takes effect when it completes.
+    let doomed = snap(&v).await.unwrap().snapshot_id().unwrap().to_string();
+    ec2.delete_snapshot()
+        .snapshot_id(&doomed)
+        .send()
+        .await
+        .unwrap();
+    let after_delete = look(doomed.clone()).await.map(|s| {
+        s.and_then(|s| s.state().map(|s| s.as_str().to_string()))
+            .unwrap_or_else(|| "gone".into())
+    });
+    let after_delete = after_delete.unwrap_or_else(|e| outcome::<(), _>(Err(e)));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let failed = look(failing).await.unwrap().unwrap();
+    let later = outcome(look(doomed).await);
+    answers.push((
+        "deleted while pending",
+        format!("{after_delete}, then {later}"),
+    ));
+    answers.push((
+        "failed snapshot",
+        format!("{} {:?}", state(&failed), failed.state_message()),
+    ));
+
+    // OwnerIds=self: only this account's; pages of MaxResults.
+    let own = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap()
+        .snapshots()
+        .len();
+    answers.push(("owner self", format!("{}", own <= 20)));
+    let page = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .max_results(5)
+        .send()
+        .await
+        .unwrap();
+    answers.push((
+        "a page of 5",
+        format!("{} {}", page.snapshots().len(), page.next_token().is_some()),
+    ));
+    answers
+}
+
+#[tokio::test]
+async fn snapshot_rules() {
+    let (double, bare) = tokio::join!(Testbed::start(REGION), Testbed::start_bare(REGION));
+    let (double, bare) = (double.unwrap(), bare.unwrap());
+    double
+        .double
+        .as_ref()
+        .unwrap()
+        .configure(json!({ "delays": { "snapshot": 0.8 } }))
+        .await
+        .unwrap();
+    let on_double = snapshot_answers(&double).await;
+    let on_bare = snapshot_answers(&bare).await;
+    let expected = [
+        "pending 0%",
+        "IncorrectState",
+        "Some(10)",
+        "InvalidParameterValue",
+        "true",
+        "IdempotentParameterMismatch",
+        "ConcurrentSnapshotLimitExceeded",
+        "pending, then InvalidSnapshot.NotFound",
+        "error 0% Some(\"disk on fire\")",
+        "true",
+        "5 true",
+    ];
+    assert_eq!(on_double.len(), expected.len(), "a rule without its answer");
+    for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
+        assert_eq!(got, expected, "double, {rule}");
+        assert_ne!(
+            bare_got, expected,
+            "bare moto already enforces {rule}: the test shows nothing"
+        );
+    }
+}
+
+/// A snapshot holds the volume's data as it was at the CreateSnapshot
+/// call, and a volume made from it starts with that data.
+#[tokio::test]
+async fn a_snapshot_holds_the_data_of_its_call() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let fleet = tb.launch_fleet(2, &["a", "b"]).await.unwrap();
+    let (first, second) = (&fleet[0], &fleet[1]);
+    let volume = tb.create_volume("a", 10).await.unwrap();
+    assert_eq!(
+        attach(&tb, &volume, &first.meta.instance_id, "/dev/xvdf").await,
+        "ok"
+    );
+    let device = wait_device(first.root.path(), &volume.replace('-', "")).await;
+    std::fs::write(&device, b"day one").unwrap();
+    let snapshot = tb
+        .ec2
+        .create_snapshot()
+        .volume_id(&volume)
+        .send()
+        .await
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+    std::fs::write(&device, b"day two").unwrap();
+    let restored = tb
+        .ec2
+        .create_volume()
+        .availability_zone(second.meta.zone.clone())
+        .snapshot_id(&snapshot)
+        .send()
+        .await
+        .unwrap()
+        .volume_id()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        attach(&tb, &restored, &second.meta.instance_id, "/dev/xvdf").await,
+        "ok"
+    );
+    let device = wait_device(second.root.path(), &restored.replace('-', "")).await;
+    assert!(std::fs::read(&device).unwrap().starts_with(b"day one"));
+}
