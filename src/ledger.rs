@@ -51,6 +51,12 @@ pub struct HeldVolume {
     pub committed: bool,
     /// The block device, under the device root, once found.
     pub device: Option<PathBuf>,
+    /// For a dataset (`f`): the generation this claim makes (tagged at
+    /// commit), or the one the volume holds.
+    pub generation: Option<u64>,
+    /// Restored from this snapshot, and how long (milliseconds) the
+    /// restore waited for it.
+    pub restored_from: Option<(String, u64)>,
 }
 
 impl HeldVolume {
@@ -129,6 +135,10 @@ pub struct Held {
     pub timings: BTreeMap<String, f64>,
     /// The `failed` hooks ran (before a rollback): whether they succeeded.
     pub failed_hooks_ok: Option<bool>,
+    /// Baton volumes this run won (a dataset's move), to give up on rollback.
+    pub batons: Vec<String>,
+    /// Snapshots this run took: (volume, snapshot, kind).
+    pub snapshots: Vec<(String, String, String)>,
 }
 
 impl Held {
@@ -184,6 +194,8 @@ impl Ledger {
             marked: true,
             committed: false,
             device: None,
+            generation: None,
+            restored_from: None,
         });
     }
 
@@ -206,6 +218,8 @@ impl Ledger {
             marked: false,
             committed: false,
             device: None,
+            generation: None,
+            restored_from: None,
         });
     }
 
@@ -246,6 +260,8 @@ impl Ledger {
             marked,
             committed: false,
             device: None,
+            generation: None,
+            restored_from: None,
         });
     }
 
@@ -274,6 +290,17 @@ impl Ledger {
             v.committed = true;
             v.marked = false;
         });
+    }
+
+    /// The generation the claim of `id` makes (a dataset's).
+    pub fn generation(&self, id: &str, generation: u64) {
+        self.with_volume(id, |v| v.generation = Some(generation));
+    }
+
+    /// `id` was restored from `snapshot` after waiting `waited` seconds.
+    pub fn restored(&self, id: &str, snapshot: &str, waited: std::time::Duration) {
+        let ms = waited.as_millis() as u64;
+        self.with_volume(id, |v| v.restored_from = Some((snapshot.to_string(), ms)));
     }
 
     /// Detached by this run (and deleted, if it created it).
@@ -336,6 +363,8 @@ mod tests {
             marked: true,
             committed: false,
             device: None,
+            generation: None,
+            restored_from: None,
         }
     }
 

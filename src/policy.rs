@@ -51,7 +51,7 @@ impl Needs {
                     match source {
                         VolumeSource::Given => n.given.extend(v.volume_id.clone()),
                         VolumeSource::Pool => n.pools.extend(v.pool_name.clone()),
-                        VolumeSource::Create => {
+                        VolumeSource::Create | VolumeSource::Follow => {
                             // Created volumes join the pool: claimed, tagged
                             // and released like its other volumes.
                             n.pools.extend(v.pool_name.clone());

@@ -58,7 +58,23 @@ pub struct VolumeSpec {
     pub detach_on: Vec<Event>,
     /// `force`: release with a forced detach.
     pub force: bool,
+    /// `max-loss`: for `f`, how many seconds of writes may be lost by
+    /// restoring an older snapshot when the newest copy stays held elsewhere.
+    pub max_loss: Option<Duration>,
+    /// `snapshot`: when to snapshot the volume and how many to keep.
+    pub snapshot: Option<SnapshotSpec>,
     pub exec: Vec<ExecBlock>,
+}
+
+/// `snapshot` on an `attach-volume` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotSpec {
+    /// After these events' hooks (they unmount), before `detach-on`.
+    pub on: Vec<Event>,
+    /// Seconds between snapshots while the daemon watches.
+    pub every: Option<Duration>,
+    /// How many of the pool's snapshots to keep, newest first.
+    pub keep: Option<u32>,
 }
 
 /// `pool-pref`: the order free pool volumes are tried in.
@@ -82,6 +98,9 @@ pub enum VolumeSource {
     Pool,
     /// `c`: a new volume from the `create` parameters.
     Create,
+    /// `f`: the newest copy of the dataset in the pool `pool-name`, in any
+    /// zone (restored here from a snapshot when it is in another).
+    Follow,
 }
 
 impl VolumeSource {
@@ -90,6 +109,7 @@ impl VolumeSource {
             VolumeSource::Given => 'x',
             VolumeSource::Pool => 'p',
             VolumeSource::Create => 'c',
+            VolumeSource::Follow => 'f',
         }
     }
 }
@@ -150,6 +170,10 @@ pub enum Event {
     Rebalance,
     /// A scheduled maintenance event was announced for this instance.
     Maintenance,
+    /// Before a periodic snapshot (a volume's blocks only: freeze).
+    SnapshotBegin,
+    /// After a periodic snapshot, taken or not (a volume's blocks only: thaw).
+    SnapshotEnd,
 }
 
 /// Every event's name, as the config spells it.
@@ -186,11 +210,19 @@ impl Event {
             Event::Terminating => "terminating",
             Event::Rebalance => "rebalance",
             Event::Maintenance => "maintenance",
+            Event::SnapshotBegin => "snapshot-begin",
+            Event::SnapshotEnd => "snapshot-end",
         }
     }
 
+    /// The events only a volume's `exec` blocks may name.
+    pub const VOLUME_ONLY: [Event; 2] = [Event::SnapshotBegin, Event::SnapshotEnd];
+
     pub fn from_name(name: &str) -> Option<Event> {
-        Event::ALL.into_iter().find(|e| e.name() == name)
+        Event::ALL
+            .into_iter()
+            .chain(Event::VOLUME_ONLY)
+            .find(|e| e.name() == name)
     }
 
     /// Whether the daemon exits after this event's hooks (the only moments

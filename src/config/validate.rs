@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::json::{Json, Member, Node};
 use super::{
     suggest, AddressMode, Backend, Body, Config, Domain, Event, ExecBlock, ExecLine, ExitCodes,
-    JsonTemplate, NotifySpec, PoolPref, RecordSpec, Template, VolumeSource, VolumeSpec,
+    JsonTemplate, NotifySpec, PoolPref, RecordSpec, SnapshotSpec, Template, VolumeSource,
+    VolumeSpec,
 };
 
 /// A problem with a byte offset; [`super::Config::from_text`] turns it into
@@ -32,8 +33,11 @@ pub const VOLUME_KEYS: &[&str] = &[
     "wait-available",
     "detach-on",
     "force",
+    "max-loss",
+    "snapshot",
     "exec",
 ];
+pub const SNAPSHOT_KEYS: &[&str] = &["on", "every", "keep"];
 pub const POOL_PREFS: &[&str] = &[
     "index",
     "random",
@@ -330,6 +334,20 @@ impl Validator {
         let volumes = self.list(&obj, path, "attach-volume", Self::volume);
         let records = self.list(&obj, path, "update-route53", Self::record);
         let exec = self.list(&obj, path, "exec", Self::exec_block);
+        for (i, block) in exec.iter().enumerate() {
+            let only = block
+                .on
+                .iter()
+                .flatten()
+                .find(|e| Event::VOLUME_ONLY.contains(e));
+            if let Some(e) = only {
+                self.problem(
+                    node.at,
+                    &key_path(&index_path(&key_path(path, "exec"), i), "on"),
+                    format!("{e:?} is an event of a volume's own exec blocks (its snapshots), not of the domain's", e = e.name()),
+                );
+            }
+        }
         let notify = self.list(&obj, path, "notify", Self::notify);
         Some(Domain {
             name: name.to_string(),
@@ -412,11 +430,12 @@ impl Validator {
                     'x' => VolumeSource::Given,
                     'p' => VolumeSource::Pool,
                     'c' => VolumeSource::Create,
+                    'f' => VolumeSource::Follow,
                     other => {
                         self.problem(
                             n.at,
                             &p,
-                            format!("unknown volume source {other:?}: use x (volume-id), p (pool-name), c (create)"),
+                            format!("unknown volume source {other:?}: use x (volume-id), p (pool-name), c (create), f (follow the pool's dataset)"),
                         );
                         continue;
                     }
@@ -427,7 +446,14 @@ impl Validator {
                 sources.push(source);
             }
             if s.is_empty() {
-                self.problem(n.at, &p, "name at least one source: x, p or c");
+                self.problem(n.at, &p, "name at least one source: x, p, c or f");
+            }
+            if sources.contains(&VolumeSource::Pool) && sources.contains(&VolumeSource::Follow) {
+                self.problem(
+                    n.at,
+                    &p,
+                    "'p' and 'f' on one pool: 'p' takes any free volume, 'f' only the dataset's newest copy; use one",
+                );
             }
             // A created volume joins the pool, so that the next instance finds it.
             let needs = [
@@ -435,6 +461,7 @@ impl Validator {
                 (VolumeSource::Pool, pool_name.is_some(), "pool-name"),
                 (VolumeSource::Create, create.is_some(), "create"),
                 (VolumeSource::Create, pool_name.is_some(), "pool-name"),
+                (VolumeSource::Follow, pool_name.is_some(), "pool-name"),
             ];
             for (source, present, key) in needs {
                 if sources.contains(&source) && !present && obj.get(key).is_none() {
@@ -489,6 +516,28 @@ impl Validator {
             .get("force")
             .and_then(|n| self.boolean(n, &key_path(path, "force")))
             .unwrap_or(false);
+        let max_loss = obj.get("max-loss").and_then(|n| {
+            let p = key_path(path, "max-loss");
+            let secs = self.number(n, &p)?;
+            if !(0.0..=31_536_000.0).contains(&secs) {
+                self.problem(n.at, &p, "expected seconds from 0 to 31536000");
+                return None;
+            }
+            Some(Duration::from_secs_f64(secs))
+        });
+        let snapshot = obj
+            .get("snapshot")
+            .and_then(|n| self.snapshot(n, &key_path(path, "snapshot")));
+        if let Some(s) = &sources {
+            let follows = s.contains(&VolumeSource::Follow);
+            if let Some(n) = obj.get("max-loss").filter(|_| !follows) {
+                self.problem(
+                    n.at,
+                    &key_path(path, "max-loss"),
+                    "max-loss is for source 'f' only",
+                );
+            }
+        }
         let exec = self.list(&obj, path, "exec", Self::exec_block);
         Some(VolumeSpec {
             critical,
@@ -501,8 +550,42 @@ impl Validator {
             wait_available: wait_available.unwrap_or(Duration::ZERO),
             detach_on,
             force,
+            max_loss,
+            snapshot,
             exec,
         })
+    }
+
+    fn snapshot(&mut self, node: &Node, path: &str) -> Option<SnapshotSpec> {
+        let obj = self.object(node, path, SNAPSHOT_KEYS)?;
+        let on = obj
+            .get("on")
+            .map(|n| {
+                self.final_events(n, &key_path(path, "on"))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let every = obj.get("every").and_then(|n| {
+            let p = key_path(path, "every");
+            let secs = self.number(n, &p)?;
+            if !(60.0..=2_592_000.0).contains(&secs) {
+                self.problem(n.at, &p, "expected seconds from 60 to 2592000");
+                return None;
+            }
+            Some(Duration::from_secs_f64(secs))
+        });
+        let keep = obj
+            .get("keep")
+            .and_then(|n| self.integer(n, &key_path(path, "keep"), 1, 10_000))
+            .map(|k| k as u32);
+        if on.is_empty() && every.is_none() {
+            self.problem(
+                node.at,
+                path,
+                "give \"on\" (events) or \"every\" (seconds): otherwise no snapshot is taken",
+            );
+        }
+        Some(SnapshotSpec { on, every, keep })
     }
 
     fn create(

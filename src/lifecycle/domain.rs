@@ -35,6 +35,9 @@ pub struct Shared {
 
 /// The blocks that run at `event` before any volume's: the domain's own.
 fn domain_blocks(domain: &Domain, event: Event) -> Vec<&ExecBlock> {
+    if Event::VOLUME_ONLY.contains(&event) {
+        return Vec::new();
+    }
     domain.exec.iter().filter(|b| b.runs_on(event)).collect()
 }
 
@@ -133,7 +136,11 @@ impl DomainRun {
     pub async fn bring_up(&self, shared: &Shared) -> Result<()> {
         let mut result = self.bring_up_steps(shared).await;
         if result.is_ok() {
-            result = volumes::commit(&self.volume_ctx(shared)).await;
+            let ctx = self.volume_ctx(shared);
+            result = volumes::commit(&ctx).await;
+            if result.is_ok() {
+                volumes::after_commit(&ctx, &self.domain.volumes).await;
+            }
         }
         if let Err(e) = &result {
             self.ledger.error(format!("{e:#}"));
@@ -369,6 +376,7 @@ impl DomainRun {
             for e in volumes::settle(&ctx, Ending::Rollback).await {
                 self.ledger.error(e);
             }
+            volumes::follow::abandon_batons(&ctx).await;
         } else {
             let held = self.ledger.snapshot();
             for v in held
@@ -435,6 +443,10 @@ impl DomainRun {
             }
         }
         let since = Instant::now();
+        for e in volumes::release_snapshots(&ctx, &self.domain.volumes, event, result.is_ok()).await
+        {
+            self.ledger.error(e);
+        }
         for e in volumes::settle(&ctx, Ending::Keep).await {
             self.ledger.error(e);
         }
@@ -527,6 +539,118 @@ impl DomainRun {
         }
     }
 
+    /// `snapshot.every` of volume `spec`, while the daemon watches: every so
+    /// many seconds the `snapshot-begin` hooks (freeze), a snapshot, the
+    /// `snapshot-end` hooks (thaw, whatever happened), then `keep`. Skipped
+    /// while an earlier snapshot of the volume is pending. Ends when `stop`
+    /// turns true, between snapshots: a snapshot under way finishes first,
+    /// so that a frozen file system is always thawed.
+    pub async fn periodic_snapshots(
+        &self,
+        shared: &Shared,
+        spec: usize,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Some(every) = self.domain.volumes[spec]
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.every)
+        else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = self.periodic_snapshot(shared, spec).await {
+                tracing::warn!(
+                    "[{}] periodic snapshot of {}: {e:#}",
+                    self.domain.name,
+                    self.domain.volumes[spec].device
+                );
+            }
+        }
+    }
+
+    async fn periodic_snapshot(&self, shared: &Shared, spec: usize) -> Result<()> {
+        let ctx = self.volume_ctx(shared);
+        let vspec = &self.domain.volumes[spec];
+        let pool = vspec.pool_name.as_deref().unwrap_or_default();
+        let held = self.ledger.snapshot();
+        let Some(v) = held
+            .volumes
+            .iter()
+            .find(|v| v.spec == spec && v.stage == Stage::Ready)
+        else {
+            return Ok(());
+        };
+        let pending = volumes::snapshot::query(
+            ctx.ec2,
+            &self.domain.name,
+            pool,
+            Some((volumes::tags::SOURCE_VOLUME, &v.volume_id)),
+        )
+        .await?
+        .into_iter()
+        .any(|s| s.state() == Some(&aws_sdk_ec2::types::SnapshotState::Pending));
+        if pending {
+            tracing::info!(
+                "[{}] periodic snapshot of {} skipped: the last one is still pending",
+                self.domain.name,
+                v.volume_id
+            );
+            return Ok(());
+        }
+        let policy = Policy::new(OnFailure::Stop);
+        let begin = volume_blocks(&self.domain, spec, Event::SnapshotBegin);
+        let values = self.values_for(Event::SnapshotBegin, &held, Some(v));
+        let frozen = hooks::run(
+            begin.clone(),
+            self.scope(Event::SnapshotBegin),
+            &values,
+            &policy,
+        )
+        .await;
+        let taken = match &frozen {
+            Ok(()) => {
+                let req = volumes::snapshot::Request {
+                    volume_id: &v.volume_id,
+                    zone: &shared.facts.zone,
+                    pool,
+                    generation: v.generation.unwrap_or(0),
+                    kind: volumes::snapshot::Kind::Periodic,
+                    event: "periodic",
+                    consistency: if begin.is_empty() {
+                        volumes::snapshot::Consistency::CrashConsistent
+                    } else {
+                        volumes::snapshot::Consistency::Frozen
+                    },
+                };
+                volumes::snapshot::take(&ctx, &req).await.map(|_| ())
+            }
+            Err(f) => Err(anyhow!("snapshot-begin hooks failed: {}", f.join("; "))),
+        };
+        let end = volume_blocks(&self.domain, spec, Event::SnapshotEnd);
+        let values = self.values_for(Event::SnapshotEnd, &held, Some(v));
+        let thawed = hooks::run(
+            end,
+            self.scope(Event::SnapshotEnd),
+            &values,
+            &Policy::new(OnFailure::Continue),
+        )
+        .await;
+        taken?;
+        thawed.map_err(|f| anyhow!("snapshot-end hooks failed: {}", f.join("; ")))?;
+        if let Some(keep) = vspec.snapshot.as_ref().and_then(|s| s.keep) {
+            volumes::snapshot::retain(&ctx, pool, keep).await?;
+        }
+        Ok(())
+    }
+
     /// `detach-on`: after `event`'s hooks, release the volumes that ask for
     /// it, so that a successor can attach them while this instance is still
     /// running. Only when the hooks succeeded (they unmount): otherwise the
@@ -581,11 +705,12 @@ impl DomainRun {
                     VolumeSource::Given => "volume-id",
                     VolumeSource::Pool => "pool",
                     VolumeSource::Create => "create",
+                    VolumeSource::Follow => "follow",
                 },
                 pool: self.domain.volumes[v.spec]
                     .pool_name
                     .clone()
-                    .filter(|_| v.source == VolumeSource::Pool),
+                    .filter(|_| matches!(v.source, VolumeSource::Pool | VolumeSource::Follow)),
                 operation: match (v.attached_now, v.created) {
                     (_, true) => "created",
                     (true, false) => "attached",

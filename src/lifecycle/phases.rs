@@ -25,6 +25,11 @@ const SPOT_WARNING: Duration = Duration::from_secs(120);
 const TERMINATION_BUDGET: Duration = Duration::from_secs(120);
 /// How long the end waits for `started` notifications still being retried.
 const STARTED_NOTES_GRACE: Duration = Duration::from_secs(10);
+/// How long a periodic snapshot under way may take to finish at the end.
+const PERIODIC_GRACE: Duration = Duration::from_secs(10);
+
+/// The `snapshot.every` tasks, and the switch that stops them.
+type Periodic = (tokio::sync::watch::Sender<bool>, Vec<JoinHandle<()>>);
 
 /// How a phase ended: the input, and what caused it.
 struct Step {
@@ -101,6 +106,8 @@ pub(super) struct Daemon {
     started_notes: Mutex<Option<JoinHandle<()>>>,
     /// Rebalance and maintenance notifications, sent while the watch runs.
     news_notes: Mutex<Vec<(Event, JoinHandle<()>)>>,
+    /// `snapshot.every` tasks while the watch runs, and what stops them.
+    periodic: Mutex<Option<Periodic>>,
 }
 
 impl Daemon {
@@ -121,6 +128,7 @@ impl Daemon {
             runs,
             started_notes: Mutex::default(),
             news_notes: Mutex::default(),
+            periodic: Mutex::default(),
         }
     }
 
@@ -260,7 +268,50 @@ impl Daemon {
             return_freed_memory();
         });
         *self.started_notes.lock().expect("not poisoned") = Some(notes);
+        self.start_periodic_snapshots();
         Step::of(Input::InitDone)
+    }
+
+    /// A task for each volume with `snapshot.every`.
+    fn start_periodic_snapshots(&self) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for run in &self.runs {
+            for (spec, v) in run.domain.volumes.iter().enumerate() {
+                if v.snapshot.as_ref().and_then(|s| s.every).is_none() {
+                    continue;
+                }
+                let (shared, run, stopped) = (self.shared.clone(), run.clone(), stopped.clone());
+                tasks.push(tokio::spawn(async move {
+                    run.periodic_snapshots(&shared, spec, stopped).await;
+                }));
+            }
+        }
+        if !tasks.is_empty() {
+            *self.periodic.lock().expect("not poisoned") = Some((stop, tasks));
+        }
+    }
+
+    /// Stops the periodic snapshots: one under way may finish (its
+    /// `snapshot-end` hooks thaw what `snapshot-begin` froze) for up to
+    /// `PERIODIC_GRACE`; then it is cut.
+    async fn stop_periodic_snapshots(&self) {
+        let Some((stop, tasks)) = self.periodic.lock().expect("not poisoned").take() else {
+            return;
+        };
+        let _ = stop.send(true);
+        for mut task in tasks {
+            if tokio::time::timeout(PERIODIC_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "a periodic snapshot did not finish within {}s: cut",
+                    PERIODIC_GRACE.as_secs()
+                );
+                task.abort();
+            }
+        }
     }
 
     /// `started` hooks of every domain in parallel.
@@ -390,6 +441,7 @@ impl Daemon {
         debug_assert!(state.is_final());
         let event = state.event();
         self.give_up_news();
+        self.stop_periodic_snapshots().await;
         let deadline = match &step.observation {
             Some(Observation::Spot(n)) => {
                 tracing::warn!("spot interruption notice: {} at {}", n.action, n.time);

@@ -19,45 +19,151 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(600);
 const VISIBLE_WITHIN: Duration = Duration::from_secs(60);
 
 /// Creates, waits until `available`, attaches. A volume that cannot be
-/// attached is deleted again.
-pub(crate) async fn create(ctx: &Ctx<'_>, at: &At<'_>, spec: &VolumeSpec) -> Result<Claim> {
+/// attached is deleted again. `first_of_dataset`: the first copy of an `f`
+/// pool's dataset (generation 1).
+pub(crate) async fn create(
+    ctx: &Ctx<'_>,
+    at: &At<'_>,
+    spec: &VolumeSpec,
+    first_of_dataset: bool,
+) -> Result<Claim> {
     let params = spec.create.as_ref().expect("validated: c has create");
+    let mut ours = our_tags(ctx, spec);
+    if first_of_dataset {
+        ours.push(tags::tag(tags::GENERATION, "1"));
+    }
+    let text = |k: &str| params.get(k).and_then(Value::as_str).map(String::from);
+    let snapshot = match text("SnapshotId").as_deref() {
+        Some("latest") => latest(ctx, spec).await?,
+        other => other.map(String::from),
+    };
+    let req = with_params(ctx, params, ours).set_snapshot_id(snapshot);
+    let claim = create_and_attach(ctx, at, spec, req).await?;
+    if first_of_dataset {
+        ctx.ledger.generation(&claim.volume_id, 1);
+    }
+    Ok(claim)
+}
+
+/// What `f` restores from.
+pub(crate) struct Restore<'a> {
+    pub snapshot_id: &'a str,
+    /// GiB: the new volume is at least this large.
+    pub snapshot_size: i32,
+    pub generation: u64,
+    /// CreateVolume's client token: a retry whose first answer was lost
+    /// gets the same volume.
+    pub token: &'a str,
+}
+
+/// A new copy of the dataset from a snapshot, here; `create` (if given)
+/// names its type and performance, and `Size` grows to the snapshot's.
+pub(crate) async fn restore(
+    ctx: &Ctx<'_>,
+    at: &At<'_>,
+    spec: &VolumeSpec,
+    r: &Restore<'_>,
+) -> Result<Claim> {
+    let empty = serde_json::Map::new();
+    let params = spec.create.as_ref().unwrap_or(&empty);
+    let mut ours = our_tags(ctx, spec);
+    ours.push(tags::tag(tags::GENERATION, &r.generation.to_string()));
+    ours.push(tags::tag(tags::RESTORED_FROM, r.snapshot_id));
+    let size = params
+        .get("Size")
+        .and_then(Value::as_i64)
+        .map_or(r.snapshot_size, |s| (s as i32).max(r.snapshot_size));
+    let mut req = with_params(ctx, params, ours)
+        .snapshot_id(r.snapshot_id)
+        .size(size)
+        .client_token(r.token);
+    if !params.contains_key("VolumeType") {
+        req = req.volume_type(VolumeType::Gp3);
+    }
+    create_and_attach(ctx, at, spec, req).await
+}
+
+/// The tags every volume this run creates carries (ours win over the
+/// user's).
+fn our_tags(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Vec<Tag> {
     let pool = spec
         .pool_name
         .as_deref()
-        .expect("validated: c has a pool-name");
+        .expect("validated: c and f have a pool-name");
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let ours = vec![
+    vec![
         tags::tag(tags::DOMAIN, ctx.domain),
         tags::tag(tags::POOL_NAME, pool),
         tags::tag(tags::TRANSACTION, ctx.transaction_id),
         tags::tag(tags::IN_TRANSIT, "true"),
         tags::tag(tags::LAST_USED, &now.to_string()),
-    ];
-    let mut req = ctx
-        .ec2
+        tags::tag(tags::MADE_BY, tags::MADE_BY_US),
+    ]
+}
+
+/// CreateVolume in this zone with the `create` parameters (but its
+/// `SnapshotId`) and tags.
+fn with_params(
+    ctx: &Ctx<'_>,
+    params: &serde_json::Map<String, Value>,
+    ours: Vec<Tag>,
+) -> aws_sdk_ec2::operation::create_volume::builders::CreateVolumeFluentBuilder {
+    let int = |k: &str| params.get(k).and_then(Value::as_i64).map(|v| v as i32);
+    let text = |k: &str| params.get(k).and_then(Value::as_str).map(String::from);
+    let flag = |k: &str| params.get(k).and_then(Value::as_bool);
+    ctx.ec2
         .create_volume()
         .availability_zone(&ctx.facts.zone)
         .set_tag_specifications(Some(tag_specifications(
             params.get("TagSpecifications"),
             ours,
-        )));
-    let int = |k: &str| params.get(k).and_then(Value::as_i64).map(|v| v as i32);
-    let text = |k: &str| params.get(k).and_then(Value::as_str).map(String::from);
-    let flag = |k: &str| params.get(k).and_then(Value::as_bool);
-    req = req
+        )))
         .set_size(int("Size"))
         .set_iops(int("Iops"))
         .set_throughput(int("Throughput"))
         .set_volume_initialization_rate(int("VolumeInitializationRate"))
-        .set_snapshot_id(text("SnapshotId"))
         .set_kms_key_id(text("KmsKeyId"))
         .set_outpost_arn(text("OutpostArn"))
         .set_encrypted(flag("Encrypted"))
         .set_multi_attach_enabled(flag("MultiAttachEnabled"))
-        .set_volume_type(text("VolumeType").map(|t| VolumeType::from(t.as_str())));
+        .set_volume_type(text("VolumeType").map(|t| VolumeType::from(t.as_str())))
+}
+
+/// `"SnapshotId": "latest"`: the pool's newest completed snapshot, or none
+/// (an empty volume of `Size`) when it has none.
+async fn latest(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Option<String>> {
+    let pool = spec
+        .pool_name
+        .as_deref()
+        .expect("validated: c has a pool-name");
+    let all = super::snapshot::query(ctx.ec2, ctx.domain, pool, None).await?;
+    let newest = all
+        .iter()
+        .filter(|s| s.state() == Some(&aws_sdk_ec2::types::SnapshotState::Completed))
+        .max_by_key(|s| (super::snapshot::generation(s), super::snapshot::started(s)));
+    match newest {
+        Some(s) => {
+            let id = s.snapshot_id().unwrap_or_default().to_string();
+            tracing::info!("[{}] creating from {id}, the newest snapshot of pool {pool:?}", ctx.domain);
+            Ok(Some(id))
+        }
+        None if spec.create.as_ref().is_some_and(|c| c.contains_key("Size")) => {
+            tracing::info!("[{}] pool {pool:?} has no completed snapshot: creating an empty volume", ctx.domain);
+            Ok(None)
+        }
+        None => bail!("\"SnapshotId\": \"latest\": pool {pool:?} has no completed snapshot, and create has no Size for an empty volume"),
+    }
+}
+
+async fn create_and_attach(
+    ctx: &Ctx<'_>,
+    at: &At<'_>,
+    spec: &VolumeSpec,
+    req: aws_sdk_ec2::operation::create_volume::builders::CreateVolumeFluentBuilder,
+) -> Result<Claim> {
+    let pool = spec.pool_name.as_deref().unwrap_or_default();
     let out = req.send().await.map_err(|e| {
         super::ec2_error(
             "CreateVolume",

@@ -10,7 +10,9 @@
 mod cleanup;
 mod create;
 mod device;
+pub mod follow;
 mod pool;
+pub mod snapshot;
 pub mod tags;
 
 pub use cleanup::sweep;
@@ -86,11 +88,29 @@ pub async fn attach(ctx: &Ctx<'_>, index: usize, spec: &VolumeSpec) -> Result<St
                             Err(e) => Err(SourceError::Failed(e)),
                         }
                     }
-                    Ok(None) => create::create(ctx, &at, spec)
-                        .await
-                        .map_err(SourceError::Failed),
+                    Ok(None) => {
+                        let first = spec.sources.contains(&VolumeSource::Follow);
+                        let baton = if first {
+                            follow::take_first_baton(ctx, spec).await
+                        } else {
+                            Ok(())
+                        };
+                        match baton {
+                            Ok(()) => create::create(ctx, &at, spec, first)
+                                .await
+                                .map_err(SourceError::Failed),
+                            Err(e) => Err(SourceError::Failed(e)),
+                        }
+                    }
                     Err(e) => Err(SourceError::Failed(e)),
                 },
+            },
+            VolumeSource::Follow => match follow::follow(ctx, &at, spec).await {
+                Ok(Some(claim)) => Ok(claim),
+                Ok(None) => Err(SourceError::Unavailable(
+                    "the pool holds no data yet".into(),
+                )),
+                Err(e) => Err(SourceError::Failed(e)),
             },
         };
         let claim = match outcome {
@@ -202,7 +222,7 @@ async fn held_here(
 }
 
 /// Whether a volume carries a run's marks.
-fn is_marked(volume: &Volume) -> bool {
+pub(crate) fn is_marked(volume: &Volume) -> bool {
     tags::value(volume, tags::TRANSACTION).is_some()
         || tags::value(volume, tags::IN_TRANSIT).is_some()
 }
@@ -376,6 +396,22 @@ pub async fn commit(ctx: &Ctx<'_>) -> Result<()> {
         .iter()
         .filter(|v| !v.committed && v.on_this_instance())
     {
+        if let Some(generation) = v.generation.filter(|_| v.attached_now || v.marked) {
+            // The dataset's next generation, before the marks go: a copy
+            // unmarked but of the old generation would look older than it is.
+            tags::set(
+                ctx.ec2,
+                &v.volume_id,
+                vec![tags::tag(tags::GENERATION, &generation.to_string())],
+            )
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "committing generation {generation} of {}",
+                    v.volume_id
+                ))
+            })?;
+        }
         if !(v.attached_now || v.marked) {
             ctx.ledger.committed(&v.volume_id);
             continue;
@@ -401,6 +437,95 @@ pub async fn commit(ctx: &Ctx<'_>) -> Result<()> {
         ctx.ledger.committed(&v.volume_id);
     }
     Ok(())
+}
+
+/// After a commit: an `f` pool moves on (older copies superseded, see
+/// [`follow::after_commit`]), and `keep` trims the pools' snapshots. Only
+/// logged when it fails: the domain is up.
+pub async fn after_commit(ctx: &Ctx<'_>, specs: &[VolumeSpec]) {
+    let held = ctx.ledger.snapshot();
+    for v in held.volumes.iter().filter(|v| v.committed) {
+        let spec = &specs[v.spec];
+        if let (Some(generation), true) =
+            (v.generation, spec.sources.contains(&VolumeSource::Follow))
+        {
+            let pool = spec.pool_name.as_deref().unwrap_or_default();
+            follow::after_commit(ctx, pool, &v.volume_id, generation).await;
+        }
+    }
+    for spec in specs {
+        if let (Some(keep), Some(pool)) = (
+            spec.snapshot.as_ref().and_then(|s| s.keep),
+            spec.pool_name.as_deref(),
+        ) {
+            if let Err(e) = snapshot::retain(ctx, pool, keep).await {
+                tracing::warn!(
+                    "[{}] keeping {keep} snapshots of pool {pool:?}: {e:#}",
+                    ctx.domain
+                );
+            }
+        }
+    }
+}
+
+/// At `event` (one that ends the daemon), after its hooks: a snapshot of
+/// each held volume whose `snapshot.on` names it, before `detach-on`
+/// releases it. CreateSnapshot is point-in-time at the call: the instance
+/// may go while it is pending. When the hooks succeeded (they unmount) the
+/// snapshot is the copy's last state, and the copy says so
+/// (`last-snapshot`) for a successor in another zone. Returns what failed.
+pub async fn release_snapshots(
+    ctx: &Ctx<'_>,
+    specs: &[VolumeSpec],
+    event: crate::config::Event,
+    hooks_ok: bool,
+) -> Vec<String> {
+    let held = ctx.ledger.snapshot();
+    let mut errors = Vec::new();
+    for v in held.volumes.iter().filter(|v| v.on_this_instance()) {
+        let spec = &specs[v.spec];
+        let (Some(s), Some(pool)) = (spec.snapshot.as_ref(), spec.pool_name.as_deref()) else {
+            continue;
+        };
+        if !s.on.contains(&event) {
+            continue;
+        }
+        let consistency = if hooks_ok {
+            snapshot::Consistency::Unmounted
+        } else {
+            snapshot::Consistency::CrashConsistent
+        };
+        let req = snapshot::Request {
+            volume_id: &v.volume_id,
+            zone: &ctx.facts.zone,
+            pool,
+            generation: v.generation.unwrap_or(0),
+            kind: snapshot::Kind::Release,
+            event: event.name(),
+            consistency,
+        };
+        let taken = async {
+            let id = snapshot::take(ctx, &req).await?;
+            if hooks_ok {
+                tags::set(
+                    ctx.ec2,
+                    &v.volume_id,
+                    vec![tags::tag(tags::LAST_SNAPSHOT, &id)],
+                )
+                .await?;
+            }
+            anyhow::Ok(id)
+        };
+        if let Err(e) = taken.await {
+            tracing::error!(
+                "[{}] snapshot of {} at {event}: {e:#}",
+                ctx.domain,
+                v.volume_id
+            );
+            errors.push(format!("snapshot of {} at {event}: {e:#}", v.volume_id));
+        }
+    }
+    errors
 }
 
 /// Removes both transaction marks.
@@ -630,7 +755,7 @@ pub(crate) async fn describe(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Volu
 }
 
 /// Polls until the attachment to this instance reads `attached`.
-async fn wait_attached(ctx: &Ctx<'_>, id: &str) -> Result<()> {
+pub(crate) async fn wait_attached(ctx: &Ctx<'_>, id: &str) -> Result<()> {
     let instance = &ctx.facts.instance_id;
     let deadline = Instant::now() + ATTACH_TIMEOUT;
     let mut pause = Duration::from_millis(200);

@@ -141,6 +141,7 @@ pub(crate) async fn claim(
             .filter(|v| {
                 v.state() == Some(&VolumeState::Available)
                     && tags::value(v, tags::IN_TRANSIT).is_none()
+                    && tags::value(v, tags::SUPERSEDED).is_none()
             })
             .map(|v| Candidate {
                 volume_id: v.volume_id().unwrap_or_default().to_string(),

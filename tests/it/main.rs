@@ -9,6 +9,7 @@ mod cut_short;
 mod dns;
 mod double;
 mod fleet;
+mod follow;
 mod fuzz_found;
 mod imds;
 mod lifecycle;
