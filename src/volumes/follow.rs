@@ -372,7 +372,17 @@ async fn move_on(
         }
         What::Copy(c) => {
             let started = Instant::now();
-            let source = match last_state_of(ctx, c, item.generation).await? {
+            let mut source = None;
+            if let Some(id) = last_state_of(ctx, c, item.generation).await? {
+                match completed(ctx, baton, &id).await {
+                    Ok(s) => source = Some(s),
+                    Err(e) => tracing::warn!(
+                        "[{}] {e:#}; taking a snapshot of the released copy instead",
+                        ctx.domain
+                    ),
+                }
+            }
+            let source = match source {
                 Some(s) => s,
                 None => {
                     tracing::info!(
@@ -381,7 +391,7 @@ async fn move_on(
                         c.volume_id,
                         c.zone
                     );
-                    snapshot::take(
+                    let id = snapshot::take(
                         ctx,
                         &snapshot::Request {
                             volume_id: &c.volume_id,
@@ -393,13 +403,42 @@ async fn move_on(
                             consistency: Consistency::CrashConsistent,
                         },
                     )
-                    .await?
+                    .await?;
+                    completed(ctx, baton, &id)
+                        .await
+                        .map_err(|e| cannot(ctx, spec, e))?
                 }
             };
-            restore(ctx, at, spec, &source, next, baton, started).await
+            restore(ctx, at, spec, &source, next, started).await
         }
-        What::Snap(s) => restore(ctx, at, spec, &s.snapshot_id, next, baton, Instant::now()).await,
+        What::Snap(s) => {
+            let started = Instant::now();
+            let source = completed(ctx, baton, &s.snapshot_id)
+                .await
+                .map_err(|e| cannot(ctx, spec, e))?;
+            restore(ctx, at, spec, &source, next, started).await
+        }
     }
+}
+
+fn cannot(ctx: &Ctx<'_>, spec: &VolumeSpec, e: anyhow::Error) -> anyhow::Error {
+    e.context(format!(
+        "the dataset of pool {:?} cannot be brought to {}",
+        pool_of(spec),
+        ctx.facts.zone
+    ))
+}
+
+/// Waits for the snapshot to complete, the baton naming it meanwhile (a
+/// successor restoring it: retention leaves it alone).
+async fn completed(ctx: &Ctx<'_>, baton: &str, snapshot_id: &str) -> Result<Snapshot> {
+    tags::set(
+        ctx.ec2,
+        baton,
+        vec![tags::tag(tags::RESTORED_FROM, snapshot_id)],
+    )
+    .await?;
+    snapshot::wait_completed(ctx, snapshot_id).await
 }
 
 /// The snapshot named as the copy's last state, if it is one: of this copy,
@@ -420,34 +459,17 @@ async fn last_state_of(ctx: &Ctx<'_>, c: &Copy, generation: u64) -> Result<Optio
     Ok(of_it.then(|| id.clone()))
 }
 
-/// Waits for the snapshot, then creates the next generation's copy from it
-/// here and attaches it.
+/// Creates the next generation's copy here from the completed snapshot,
+/// and attaches it.
 async fn restore(
     ctx: &Ctx<'_>,
     at: &At<'_>,
     spec: &VolumeSpec,
-    snapshot_id: &str,
+    s: &Snapshot,
     generation: u64,
-    baton: &str,
     started: Instant,
 ) -> Result<Claim> {
-    // A successor restoring it: retention leaves it alone.
-    tags::set(
-        ctx.ec2,
-        baton,
-        vec![tags::tag(tags::RESTORED_FROM, snapshot_id)],
-    )
-    .await?;
-    let s = match snapshot::wait_completed(ctx, snapshot_id).await {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(e.context(format!(
-                "the dataset of pool {:?} cannot be brought to {}",
-                pool_of(spec),
-                ctx.facts.zone
-            )))
-        }
-    };
+    let snapshot_id = s.snapshot_id().unwrap_or_default();
     let waited = started.elapsed();
     let claim = create::restore(
         ctx,

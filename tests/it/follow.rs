@@ -69,13 +69,76 @@ async fn terminate(tb: &Testbed, instance: &SimInstance) {
 
 /// One life: up, then stopped (its release snapshot taken), terminated.
 async fn live(tb: &Testbed, dir: &Path, zone: &str, who: &str) -> SimInstance {
-    let instance = tb.launch_instance(zone, None).await.unwrap();
-    let config = world_config(dir, who, json!({}));
-    let mut d = spawn_run(tb, &instance, &config);
-    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    live_with(tb, dir, zone, who, json!({})).await
+}
+
+async fn live_with(
+    tb: &Testbed,
+    dir: &Path,
+    zone: &str,
+    who: &str,
+    extra: serde_json::Value,
+) -> SimInstance {
+    let (instance, mut d) = up(tb, dir, zone, who, extra).await;
     stop_cleanly(&mut d).await;
     terminate(tb, &instance).await;
     instance
+}
+
+/// A daemon that is up (READY) on a new instance in `zone`.
+async fn up(
+    tb: &Testbed,
+    dir: &Path,
+    zone: &str,
+    who: &str,
+    extra: serde_json::Value,
+) -> (SimInstance, DaemonProcess) {
+    let instance = tb.launch_instance(zone, None).await.unwrap();
+    let config = world_config(dir, who, extra);
+    let mut d = spawn_run(tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    (instance, d)
+}
+
+/// The pool's snapshots: (ID, state, tags).
+async fn snapshots(tb: &Testbed) -> Vec<(String, String, Vec<(String, String)>)> {
+    use aws_sdk_ec2::types::Filter;
+    tb.ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            Filter::builder()
+                .name("tag:user:ec2fd.pool-name")
+                .values(POOL)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .snapshots()
+        .iter()
+        .map(|s| {
+            (
+                s.snapshot_id().unwrap_or_default().to_string(),
+                s.state()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                s.tags()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.key().unwrap_or_default().into(),
+                            t.value().unwrap_or_default().into(),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn tag<'a>(tags: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 fn generation(v: &ec2fleetd_testbed::world::PoolVolume) -> Option<u64> {
@@ -125,4 +188,226 @@ async fn a_world_moves_a_to_b_to_a_and_keeps_every_write() {
         .filter(|c| c.action == "AttachVolume" && c.params["VolumeId"] == first_copy.as_str())
         .collect();
     assert_eq!(attaches.len(), 1, "the first copy was attached again");
+}
+
+/// volumes.md: a predecessor killed before its release snapshot (SIGKILL,
+/// then its instance terminated) loses nothing that reached its disk: its
+/// successor in another zone snapshots the released copy itself.
+#[tokio::test]
+async fn a_killed_predecessors_writes_reach_a_successor_in_another_zone() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let dir = tempdir();
+    let (first, d) = up(&tb, dir.path(), "a", "first", json!({})).await;
+    d.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    terminate(&tb, &first).await;
+    assert!(
+        snapshots(&tb).await.is_empty(),
+        "a killed daemon took a snapshot"
+    );
+
+    live(&tb, dir.path(), "b", "second").await;
+    assert_eq!(reads(dir.path())[1], "second read first;");
+    let taken = snapshots(&tb).await;
+    let kinds: Vec<_> = taken
+        .iter()
+        .filter_map(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind"))
+        .collect();
+    assert!(kinds.contains(&"takeover"), "{taken:?}");
+    let takeover = taken
+        .iter()
+        .find(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind") == Some("takeover"))
+        .unwrap();
+    assert_eq!(
+        tag(&takeover.2, "user:ec2fd.consistency"),
+        Some("crash-consistent")
+    );
+    assert_eq!(tag(&takeover.2, "user:ec2fd.generation"), Some("1"));
+}
+
+/// volumes.md, "One holder": two successors at once in two other zones;
+/// exactly one comes up with the dataset, the other fails cleanly (exit 1,
+/// nothing of the pool attached to it).
+#[tokio::test]
+async fn of_two_successors_at_once_exactly_one_holds_the_dataset() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    tb.double
+        .as_ref()
+        .unwrap()
+        .configure(json!({ "delays": { "snapshot": 0.5 } }))
+        .await
+        .unwrap();
+    let dir = tempdir();
+    live(&tb, dir.path(), "a", "first").await;
+    let b = tb.launch_instance("b", None).await.unwrap();
+    let c = tb.launch_instance("c", None).await.unwrap();
+    // Both see no baton yet and ask for it together: the token decides.
+    tb.double
+        .as_ref()
+        .unwrap()
+        .configure(json!({ "delay_next": { "CreateVolume": { "count": 2, "seconds": 3.0, "when": "before" } } }))
+        .await
+        .unwrap();
+    let (cb, cc) = (
+        world_config(dir.path(), "in-b", json!({})),
+        world_config(dir.path(), "in-c", json!({})),
+    );
+    let (mut db, mut dc) = (spawn_run(&tb, &b, &cb), spawn_run(&tb, &c, &cc));
+    let (rb, rc) = tokio::join!(db.wait_ready(READY_TIMEOUT), dc.wait_ready(READY_TIMEOUT));
+    assert!(
+        rb.is_ok() != rc.is_ok(),
+        "exactly one must come up: b {rb:?}, c {rc:?}"
+    );
+    let (winner, loser) = if rb.is_ok() {
+        (&mut db, &mut dc)
+    } else {
+        (&mut dc, &mut db)
+    };
+    assert_eq!(
+        loser.wait_exit(EXIT_TIMEOUT).await.unwrap(),
+        1,
+        "{}",
+        loser.log()
+    );
+    assert!(
+        loser.log().contains("is taking it on from generation 1"),
+        "{}",
+        loser.log()
+    );
+    // Both asked for the baton at once, with the same token.
+    let asked: Vec<String> = tb
+        .double
+        .as_ref()
+        .unwrap()
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.action == "CreateVolume" && c.params["Size"] == "1")
+        .filter_map(|c| c.params["ClientToken"].as_str().map(String::from))
+        .collect();
+    assert!(
+        asked.len() >= 3 && asked[asked.len() - 1] == asked[asked.len() - 2],
+        "the baton was not raced for: {asked:?}"
+    );
+    let held: Vec<_> = tb
+        .pool_volumes(DOMAIN, POOL)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|v| !v.attached_to.is_empty())
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    let reads = reads(dir.path());
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert!(reads[1].ends_with("read first;"), "{reads:?}");
+    stop_cleanly(winner).await;
+}
+
+/// volumes.md: a release snapshot still pending is waited for (never `c`
+/// in its place); one that ends in `error` is replaced by the successor's
+/// own snapshot of the released copy.
+#[tokio::test]
+async fn a_pending_release_snapshot_is_waited_for_and_a_failed_one_replaced() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    double
+        .configure(json!({ "delays": { "snapshot": 3.0 } }))
+        .await
+        .unwrap();
+    let dir = tempdir();
+    live(&tb, dir.path(), "a", "first").await;
+    let (_, mut d) = up(&tb, dir.path(), "b", "second", json!({})).await;
+    assert!(d.log().contains("waiting for snapshot"), "{}", d.log());
+    stop_cleanly(&mut d).await;
+    assert_eq!(reads(dir.path())[1], "second read first;");
+
+    // The next release snapshot fails.
+    double
+        .configure(json!({ "delays": { "snapshot": 0.5 },
+                           "snapshot_error_next": { "count": 1, "message": "internal error" } }))
+        .await
+        .unwrap();
+    let (third, mut d) = up(&tb, dir.path(), "a", "third", json!({})).await;
+    stop_cleanly(&mut d).await;
+    terminate(&tb, &third).await;
+    let (_, mut d) = up(&tb, dir.path(), "c", "fourth", json!({})).await;
+    assert!(
+        d.log()
+            .contains("has no snapshot of its last state: taking one"),
+        "{}",
+        d.log()
+    );
+    stop_cleanly(&mut d).await;
+    assert_eq!(reads(dir.path())[3], "fourth read first;second;third;");
+}
+
+/// volumes.md: the newest copy attached to a predecessor that keeps
+/// running past `wait-available` fails the domain; nothing older is
+/// attached, nothing is created. With `max-loss`, a recent enough snapshot
+/// of it is restored instead.
+#[tokio::test]
+async fn a_copy_held_past_wait_available_fails_closed_unless_max_loss_allows() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let dir = tempdir();
+    // An older generation's snapshot exists: it must not be taken.
+    live(&tb, dir.path(), "a", "first").await;
+    let (_, mut holder) = up(&tb, dir.path(), "a", "second", json!({})).await;
+    let b = tb.launch_instance("b", None).await.unwrap();
+    let config = world_config(dir.path(), "third", json!({ "wait-available": 2 }));
+    let mut d = spawn_run(&tb, &b, &config);
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log());
+    assert!(d.log().contains("is attached to"), "{}", d.log());
+    assert!(
+        d.log().contains("nothing older is attached in its place"),
+        "{}",
+        d.log()
+    );
+    let volumes = tb.pool_volumes(DOMAIN, POOL).await.unwrap();
+    assert!(
+        volumes.iter().all(|v| v.zone == tb.zone("a")),
+        "a volume was made in b: {volumes:?}"
+    );
+    assert_eq!(reads(dir.path()).len(), 2);
+
+    // A periodic-like snapshot of the held copy: max-loss may take it.
+    let held = volumes.iter().find(|v| !v.attached_to.is_empty()).unwrap();
+    tb.ec2
+        .create_snapshot()
+        .volume_id(&held.volume_id)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Snapshot)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("user:ec2fd.domain")
+                        .value(DOMAIN)
+                        .build(),
+                )
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("user:ec2fd.pool-name")
+                        .value(POOL)
+                        .build(),
+                )
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("user:ec2fd.generation")
+                        .value(held.tag("user:ec2fd.generation").unwrap())
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let config = world_config(
+        dir.path(),
+        "fourth",
+        json!({ "wait-available": 1, "max-loss": 600 }),
+    );
+    let mut d = spawn_run(&tb, &b, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    assert!(d.log().contains("max-loss allows"), "{}", d.log());
+    stop_cleanly(&mut d).await;
+    stop_cleanly(&mut holder).await;
 }
