@@ -565,11 +565,18 @@ impl Validator {
                     .unwrap_or_default()
             })
             .unwrap_or_default();
+        if on.contains(&Event::Failed) {
+            self.problem(
+                node.at,
+                &key_path(path, "on"),
+                "\"failed\" gives the volumes back as they were: there is nothing to snapshot then",
+            );
+        }
         let every = obj.get("every").and_then(|n| {
             let p = key_path(path, "every");
             let secs = self.number(n, &p)?;
-            if !(60.0..=2_592_000.0).contains(&secs) {
-                self.problem(n.at, &p, "expected seconds from 60 to 2592000");
+            if !(1.0..=2_592_000.0).contains(&secs) {
+                self.problem(n.at, &p, "expected seconds from 1 to 2592000");
                 return None;
             }
             Some(Duration::from_secs_f64(secs))

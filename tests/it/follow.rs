@@ -58,13 +58,24 @@ fn reads(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Terminates the instance (riding out the faults a test set).
 async fn terminate(tb: &Testbed, instance: &SimInstance) {
-    tb.ec2
-        .terminate_instances()
-        .instance_ids(&instance.meta.instance_id)
-        .send()
-        .await
-        .unwrap();
+    for attempt in 1.. {
+        let sent = tb
+            .ec2
+            .terminate_instances()
+            .instance_ids(&instance.meta.instance_id)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => return,
+            Err(e) if attempt < 20 => {
+                eprintln!("TerminateInstances: {e}; again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("TerminateInstances: {e}"),
+        }
+    }
 }
 
 /// One life: up, then stopped (its release snapshot taken), terminated.
@@ -410,4 +421,210 @@ async fn a_copy_held_past_wait_available_fails_closed_unless_max_loss_allows() {
     assert!(d.log().contains("max-loss allows"), "{}", d.log());
     stop_cleanly(&mut d).await;
     stop_cleanly(&mut holder).await;
+}
+
+/// config.md, `snapshot`: `every` takes periodic snapshots between the
+/// volume's `snapshot-begin` and `snapshot-end` hooks; `keep` leaves the
+/// newest, deletes older ones ec2fleetd made and never an operator's.
+#[tokio::test]
+async fn periodic_snapshots_freeze_thaw_and_keep_their_number() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let dir = tempdir();
+    // An operator's backup, tagged into the pool.
+    let other = tb.create_volume("a", 8).await.unwrap();
+    let pool_tags = |b: aws_sdk_ec2::types::builders::TagSpecificationBuilder| {
+        b.resource_type(aws_sdk_ec2::types::ResourceType::Snapshot)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("user:ec2fd.domain")
+                    .value(DOMAIN)
+                    .build(),
+            )
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("user:ec2fd.pool-name")
+                    .value(POOL)
+                    .build(),
+            )
+            .build()
+    };
+    let foreign = tb
+        .ec2
+        .create_snapshot()
+        .volume_id(&other)
+        .tag_specifications(pool_tags(aws_sdk_ec2::types::TagSpecification::builder()))
+        .send()
+        .await
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+    let log = dir.path().join("freeze");
+    let mark = |what: &str| json!({ "argv": ["/bin/sh", "-c", format!("echo {what} >> '{}'", log.display())] });
+    let hook = world_hook(dir.path());
+    let extra = json!({
+        "snapshot": { "on": ["stopping"], "every": 1, "keep": 2 },
+        "exec": [
+            { "lines": [{ "argv": [hook, "{attached_device}", "first", dir.path().join("reads")] }] },
+            { "on": ["snapshot-begin"], "lines": [mark("begin {volume_id}")] },
+            { "on": ["snapshot-end"], "lines": [mark("end")] }
+        ]
+    });
+    let (_, mut d) = up(&tb, dir.path(), "a", "first", extra).await;
+    until("three periodic snapshots", || async {
+        snapshots(&tb)
+            .await
+            .iter()
+            .filter(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind") == Some("periodic"))
+            .count()
+            >= 2
+            && std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                >= 6
+    })
+    .await;
+    stop_cleanly(&mut d).await;
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let copy = &tb.pool_volumes(DOMAIN, POOL).await.unwrap()[0].volume_id;
+    for pair in lines.chunks(2).filter(|p| p.len() == 2) {
+        assert_eq!(pair, [format!("begin {copy}"), "end".to_string()]);
+    }
+    let all = snapshots(&tb).await;
+    assert!(
+        all.iter().any(|(id, _, _)| *id == foreign),
+        "the operator's snapshot was deleted"
+    );
+    let periodic: Vec<_> = all
+        .iter()
+        .filter(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind") == Some("periodic"))
+        .collect();
+    assert!(periodic.len() <= 2, "keep 2: {all:?}");
+    for (_, _, t) in &periodic {
+        assert_eq!(tag(t, "user:ec2fd.consistency"), Some("frozen"));
+        assert_eq!(tag(t, "user:ec2fd.event"), Some("periodic"));
+    }
+    let taken = tb
+        .double
+        .as_ref()
+        .unwrap()
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.action == "CreateSnapshot")
+        .count();
+    assert!(
+        taken >= 4,
+        "three periodic snapshots and the release one: {taken}"
+    );
+    assert!(all
+        .iter()
+        .any(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind") == Some("release")));
+}
+
+/// volumes.md: a successor killed at any point of a move (waiting for the
+/// snapshot, right after its restore's CreateVolume, in its hooks before
+/// commit) and terminated, then a clean run in a third zone: the dataset
+/// is whole and held once, nothing is left in transit.
+#[tokio::test]
+async fn a_move_killed_at_any_point_is_taken_over_whole() {
+    for point in ["waiting for snapshot", "created vol-", "sleep 30.5"] {
+        let tb = Testbed::start(REGION).await.unwrap();
+        let double = tb.double.clone().unwrap();
+        double
+            .configure(json!({ "delays": { "snapshot": 2.0 } }))
+            .await
+            .unwrap();
+        let dir = tempdir();
+        live(&tb, dir.path(), "a", "first").await;
+        let b = tb.launch_instance("b", None).await.unwrap();
+        let hook = world_hook(dir.path());
+        let marker = dir.path().join("in-hooks");
+        let extra = json!({ "exec": [{ "lines": [
+            { "argv": [hook, "{attached_device}", "killed", dir.path().join("reads")] },
+            { "argv": ["/bin/sh", "-c", format!("touch '{}'; sleep 30.5", marker.display())] } ] }] });
+        let config = world_config(dir.path(), "killed", extra);
+        let d = spawn_run(&tb, &b, &config);
+        until(point, || async {
+            d.log().contains(point) || (point.starts_with("sleep") && marker.exists())
+        })
+        .await;
+        d.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+        terminate(&tb, &b).await;
+
+        live(&tb, dir.path(), "c", "clean").await;
+        let reads = reads(dir.path());
+        assert_eq!(
+            reads.last().unwrap(),
+            "clean read first;",
+            "{point}: {reads:?}"
+        );
+        let volumes = tb.pool_volumes(DOMAIN, POOL).await.unwrap();
+        assert!(
+            volumes
+                .iter()
+                .all(|v| v.tag("user:ec2fd.in-transit").is_none()),
+            "{point}: {volumes:?}"
+        );
+        assert_eq!(volumes.len(), 1, "{point}: held once: {volumes:?}");
+        assert_eq!(generation(&volumes[0]), Some(2), "{point}");
+    }
+}
+
+/// Faults on the snapshot calls: 5xx and throttling are ridden out, and a
+/// CreateSnapshot whose answer was lost is found by its tags, not taken
+/// twice.
+#[tokio::test]
+async fn snapshot_calls_ride_out_faults_and_a_lost_answer() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    let dir = tempdir();
+    let (first, mut d) = up(&tb, dir.path(), "a", "first", json!({})).await;
+    double
+        .configure(json!({ "lose_answer_next": { "CreateSnapshot": 1 } }))
+        .await
+        .unwrap();
+    stop_cleanly(&mut d).await;
+    terminate(&tb, &first).await;
+    let releases: Vec<_> = snapshots(&tb)
+        .await
+        .into_iter()
+        .filter(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind") == Some("release"))
+        .collect();
+    assert_eq!(
+        releases.len(),
+        1,
+        "a lost answer made a second snapshot: {releases:?}"
+    );
+    assert!(
+        d.log().contains("was taken though its answer was lost"),
+        "{}",
+        d.log()
+    );
+
+    let b = tb.launch_instance("b", None).await.unwrap();
+    double
+        .configure(json!({
+            "fail_next": { "CreateSnapshot": 2, "DescribeSnapshots": 3 },
+            "throttle": { "ec2_mutating": { "rate": 2, "burst": 3 } } }))
+        .await
+        .unwrap();
+    let mut d = spawn_run(&tb, &b, &world_config(dir.path(), "second", json!({})));
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    stop_cleanly(&mut d).await;
+    assert_eq!(reads(dir.path())[1], "second read first;");
+    let throttled = double
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.outcome == "throttled" || c.outcome == "5xx")
+        .count();
+    assert!(throttled >= 5, "the faults did not happen: {throttled}");
 }
