@@ -465,6 +465,7 @@ pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("domain", DOMAIN_KEYS),
         ("volume", VOLUME_KEYS),
         ("create", CREATE_KEYS),
+        ("snapshot", SNAPSHOT_KEYS),
         ("record", RECORD_KEYS),
         ("exec", EXEC_KEYS),
         ("line", LINE_KEYS),

@@ -717,6 +717,24 @@ impl DomainRun {
                     (false, false) => "adopted",
                 },
                 released: v.stage == Stage::Released,
+                generation: v.generation.filter(|_| {
+                    self.domain.volumes[v.spec]
+                        .sources
+                        .contains(&VolumeSource::Follow)
+                }),
+                restored_from: v.restored_from.as_ref().map(|(s, ms)| Restored {
+                    snapshot: s.clone(),
+                    waited_seconds: *ms as f64 / 1000.0,
+                }),
+                snapshots: held
+                    .snapshots
+                    .iter()
+                    .filter(|(vol, _, _)| *vol == v.volume_id)
+                    .map(|(_, id, kind)| TakenSnapshot {
+                        id: id.clone(),
+                        kind: kind.clone(),
+                    })
+                    .collect(),
             })
             .collect();
         let records = held

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// The event format's version, `version` in every event.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// One notification's body.
 #[derive(Debug, Clone, Serialize)]
@@ -66,7 +66,7 @@ pub struct Volume {
     pub device: String,
     /// The block device it appeared as (under the device root).
     pub block_device: String,
-    /// `volume-id`, `pool` or `create`.
+    /// `volume-id`, `pool`, `create` or `follow`.
     pub source: &'static str,
     pub pool: Option<String>,
     /// `attached` (by this run), `created` (and attached by this run), or
@@ -74,6 +74,24 @@ pub struct Volume {
     pub operation: &'static str,
     /// This run has detached it again (`detach-on`, or a rollback).
     pub released: bool,
+    /// For `f`: the dataset's generation this copy holds.
+    pub generation: Option<u64>,
+    /// For `f`: restored here from a snapshot, and how long that waited.
+    pub restored_from: Option<Restored>,
+    /// Snapshots this run took of it.
+    pub snapshots: Vec<TakenSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    pub snapshot: String,
+    pub waited_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TakenSnapshot {
+    pub id: String,
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

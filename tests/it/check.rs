@@ -75,6 +75,14 @@ fn schema_rejects_what_check_rejects() {
         // Only events that end the daemon can release anything.
         r#"{ "domains": { "d": { "update-route53": [{ "hostedzone": "Z1", "name": "a", "delete-on": ["rebalance"] }] } } }"#,
         r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "x", "volume-id": "vol-1", "detach-on": ["started"] }] } } }"#,
+        // `f` and `p` on one pool; `f` without a pool; `max-loss` without `f`.
+        r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "pf", "pool-name": "w" }] } } }"#,
+        r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "f" }] } } }"#,
+        r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "p", "pool-name": "w", "max-loss": 60 }] } } }"#,
+        // A snapshot that is never taken, or taken at `failed`.
+        r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "f", "pool-name": "w", "snapshot": {} }] } } }"#,
+        r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "f", "pool-name": "w", "snapshot": { "on": ["failed"] } }] } } }"#,
+        r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "f", "pool-name": "w", "snapshot": { "every": 0.5 } }] } } }"#,
     ];
     let dir = tempdir();
     for (i, text) in bad.iter().enumerate() {

@@ -30,6 +30,16 @@ fn world_hook(dir: &Path) -> PathBuf {
 /// The world's config: `f` then `c`, a snapshot at the end, released at
 /// the end; `extra` is merged into the volume entry.
 fn world_config(dir: &Path, who: &str, extra: serde_json::Value) -> PathBuf {
+    world_config_with(dir, who, extra, json!({}))
+}
+
+/// As [`world_config`], with `domain` merged into the domain.
+fn world_config_with(
+    dir: &Path,
+    who: &str,
+    extra: serde_json::Value,
+    domain: serde_json::Value,
+) -> PathBuf {
     let hook = world_hook(dir);
     let log = dir.join("reads");
     let mut volume = json!({
@@ -42,11 +52,11 @@ fn world_config(dir: &Path, who: &str, extra: serde_json::Value) -> PathBuf {
     for (k, v) in extra.as_object().unwrap() {
         volume[k] = v.clone();
     }
-    json_config(
-        dir,
-        who,
-        json!({ "domains": { DOMAIN: { "attach-volume": [volume] } } }),
-    )
+    let mut d = json!({ "attach-volume": [volume] });
+    for (k, v) in domain.as_object().unwrap() {
+        d[k] = v.clone();
+    }
+    json_config(dir, who, json!({ "domains": { DOMAIN: d } }))
 }
 
 /// What each instance read, in order.
@@ -627,4 +637,51 @@ async fn snapshot_calls_ride_out_faults_and_a_lost_answer() {
         .filter(|c| c.outcome == "throttled" || c.outcome == "5xx")
         .count();
     assert!(throttled >= 5, "the faults did not happen: {throttled}");
+}
+
+/// events.md: a restored copy's event names its source `follow`, its
+/// generation and the snapshot it came from (and how long that took); the
+/// last event lists the release snapshot.
+#[tokio::test]
+async fn events_tell_the_generation_the_restore_and_the_snapshots() {
+    use ec2fleetd_testbed::webhook::WebhookReceiver;
+    let tb = Testbed::start(REGION).await.unwrap();
+    let dir = tempdir();
+    live(&tb, dir.path(), "a", "first").await;
+    let release = snapshots(&tb).await[0].0.clone();
+    let hook = WebhookReceiver::start().await.unwrap();
+    let b = tb.launch_instance("b", None).await.unwrap();
+    let config = world_config_with(
+        dir.path(),
+        "second",
+        json!({}),
+        json!({ "notify": [{ "backend": "webhook", "options": { "url": hook.url("/e") } }] }),
+    );
+    let mut d = spawn_run(&tb, &b, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    stop_cleanly(&mut d).await;
+    let events: Vec<serde_json::Value> = hook
+        .wait_for_delivered(2, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.json())
+        .collect();
+    for e in &events {
+        assert_valid_event(e);
+    }
+    let started = &events[0]["volumes"][0];
+    assert_eq!(started["source"], "follow");
+    assert_eq!(started["pool"], POOL);
+    assert_eq!(started["generation"], 2);
+    assert_eq!(started["restored_from"]["snapshot"], release.as_str());
+    assert!(started["restored_from"]["waited_seconds"]
+        .as_f64()
+        .is_some());
+    let stopping = &events[1]["volumes"][0];
+    assert_eq!(stopping["snapshots"][0]["kind"], "release");
+    assert!(stopping["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("snap-"));
 }
