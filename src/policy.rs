@@ -35,6 +35,13 @@ struct Needs {
     pools: BTreeSet<String>,
     created_pools: BTreeSet<String>,
     snapshots: BTreeSet<String>,
+    /// `f` pools, as `DOMAIN/POOL` (batons) and by pool name.
+    follows: BTreeSet<String>,
+    follow_pools: BTreeSet<String>,
+    /// Pools whose volumes are snapshotted (`snapshot`, `f`) or restored
+    /// from their snapshots (`f`, `"SnapshotId": "latest"`).
+    snapshot_pools: BTreeSet<String>,
+    restore_pools: BTreeSet<String>,
     /// Hosted zone → normalized record names (macros as `*`).
     zones: BTreeMap<String, BTreeSet<String>>,
     wait_insync: bool,
@@ -57,10 +64,23 @@ impl Needs {
                             n.pools.extend(v.pool_name.clone());
                             n.created_pools.extend(v.pool_name.clone());
                             let snapshot = v.create.as_ref().and_then(|c| c.get("SnapshotId"));
-                            n.snapshots
-                                .extend(snapshot.and_then(Value::as_str).map(String::from));
+                            match snapshot.and_then(Value::as_str) {
+                                Some("latest") => n.restore_pools.extend(v.pool_name.clone()),
+                                other => n.snapshots.extend(other.map(String::from)),
+                            }
                         }
                     }
+                }
+                if v.sources.contains(&VolumeSource::Follow) {
+                    if let Some(pool) = &v.pool_name {
+                        n.follows.insert(format!("{}/{pool}", d.name));
+                        n.follow_pools.insert(pool.clone());
+                        n.snapshot_pools.insert(pool.clone());
+                        n.restore_pools.insert(pool.clone());
+                    }
+                }
+                if v.snapshot.is_some() {
+                    n.snapshot_pools.extend(v.pool_name.clone());
                 }
             }
             for r in &d.records {
@@ -251,6 +271,111 @@ pub fn for_config(config: &Config, scope: &Scope) -> Value {
         ));
     }
 
+    let snapshot_arn = format!("arn:{p}:ec2:{r}::snapshot/*");
+    let pools_of = |set: &BTreeSet<String>| json!({ &pool_tag: list(set) });
+    if !n.snapshot_pools.is_empty() || !n.restore_pools.is_empty() {
+        statements.push(statement(
+            "FindSnapshots",
+            &["ec2:DescribeSnapshots"],
+            vec!["*".into()],
+        ));
+    }
+    if !n.snapshot_pools.is_empty() {
+        // The pool's volumes, into snapshots tagged for the pool at creation.
+        statements.push(with_condition(
+            statement(
+                "SnapshotPoolVolumes",
+                &["ec2:CreateSnapshot"],
+                vec![volume_arn("*")],
+            ),
+            json!({ "StringEquals": pools_of(&n.snapshot_pools) }),
+        ));
+        statements.push(with_condition(
+            statement(
+                "SnapshotsOfPools",
+                &["ec2:CreateSnapshot"],
+                vec![snapshot_arn.clone()],
+            ),
+            json!({ "StringEquals": {
+                format!("aws:RequestTag/{}", tags::POOL_NAME): list(&n.snapshot_pools) } }),
+        ));
+        statements.push(with_condition(
+            statement(
+                "TagSnapshotsOnCreate",
+                &["ec2:CreateTags"],
+                vec![snapshot_arn.clone()],
+            ),
+            json!({ "StringEquals": { "ec2:CreateAction": "CreateSnapshot" } }),
+        ));
+        // `keep`: only what ec2fleetd made, only of these pools.
+        statements.push(with_condition(
+            statement(
+                "DeleteOwnSnapshots",
+                &["ec2:DeleteSnapshot"],
+                vec![snapshot_arn.clone()],
+            ),
+            json!({ "StringEquals": {
+                &pool_tag: list(&n.snapshot_pools),
+                format!("aws:ResourceTag/{}", tags::MADE_BY): tags::MADE_BY_US } }),
+        ));
+        statements.push(with_condition(
+            statement(
+                "MarkLastSnapshot",
+                &["ec2:CreateTags", "ec2:DeleteTags"],
+                vec![volume_arn("*")],
+            ),
+            json!({ "StringEquals": pools_of(&n.snapshot_pools),
+                    "ForAllValues:StringEquals": { "aws:TagKeys": [tags::LAST_SNAPSHOT] } }),
+        ));
+    }
+    if !n.restore_pools.is_empty() {
+        statements.push(with_condition(
+            statement(
+                "RestoreFromPoolSnapshots",
+                &["ec2:CreateVolume"],
+                vec![snapshot_arn.clone()],
+            ),
+            json!({ "StringEquals": pools_of(&n.restore_pools) }),
+        ));
+    }
+    if !n.follows.is_empty() {
+        let baton_tag = format!("aws:ResourceTag/{}", tags::BATON_OF);
+        statements.push(statement(
+            "SeeBatonHolders",
+            &["ec2:DescribeInstances"],
+            vec!["*".into()],
+        ));
+        statements.push(with_condition(
+            statement("CreateBatons", &["ec2:CreateVolume"], vec![volume_arn("*")]),
+            json!({ "StringEquals": {
+                format!("aws:RequestTag/{}", tags::BATON_OF): list(&n.follows) } }),
+        ));
+        statements.push(with_condition(
+            statement("TagBatons", &["ec2:CreateTags"], vec![volume_arn("*")]),
+            json!({ "StringEquals": { &baton_tag: list(&n.follows) },
+                    "ForAllValues:StringEquals": { "aws:TagKeys": [tags::RESTORED_FROM, tags::ABANDONED] } }),
+        ));
+        statements.push(with_condition(
+            statement("DeleteBatons", &["ec2:DeleteVolume"], vec![volume_arn("*")]),
+            json!({ "StringEquals": { &baton_tag: list(&n.follows) } }),
+        ));
+        statements.push(with_condition(
+            statement("CommitGenerations", &["ec2:CreateTags"], vec![volume_arn("*")]),
+            json!({ "StringEquals": pools_of(&n.follow_pools),
+                    "ForAllValues:StringEquals": { "aws:TagKeys": [tags::GENERATION, tags::SUPERSEDED] } }),
+        ));
+        statements.push(with_condition(
+            statement(
+                "DeleteSupersededCopies",
+                &["ec2:DeleteVolume"],
+                vec![volume_arn("*")],
+            ),
+            json!({ "StringEquals": {
+                &pool_tag: list(&n.follow_pools),
+                format!("aws:ResourceTag/{}", tags::MADE_BY): tags::MADE_BY_US } }),
+        ));
+    }
+
     let zone_arn = |z: &str| format!("arn:{p}:route53:::hostedzone/{z}");
     for (i, (zone, names)) in n.zones.iter().enumerate() {
         statements.push(with_condition(
@@ -345,6 +470,56 @@ mod tests {
         );
         assert!(!p.to_string().contains("CreateVolume"));
         assert!(!p.to_string().contains("DeleteVolume"));
+    }
+
+    #[test]
+    fn a_dataset_deletes_only_what_ec2fleetd_made_of_its_pool() {
+        let p = policy(
+            r#"{ "domains": { "mc": { "attach-volume": [
+                { "device": "/dev/xvdf", "source": "fc", "pool-name": "world", "create": { "Size": 8 },
+                  "snapshot": { "on": ["interrupted"], "keep": 3 } },
+                { "device": "/dev/xvdg", "source": "c", "pool-name": "chain",
+                  "create": { "Size": 8, "SnapshotId": "latest" } } ] } } }"#,
+        );
+        let by_sid = |sid: &str| {
+            p["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["Sid"] == sid)
+                .unwrap_or_else(|| panic!("no {sid}: {p:#}"))
+                .clone()
+        };
+        // "latest" is no snapshot ID: no statement names it.
+        assert!(!p.to_string().contains("snapshot/latest"));
+        assert_eq!(
+            by_sid("RestoreFromPoolSnapshots")["Condition"]["StringEquals"]
+                ["aws:ResourceTag/user:ec2fd.pool-name"],
+            json!(["chain", "world"])
+        );
+        let delete = by_sid("DeleteOwnSnapshots")["Condition"]["StringEquals"].clone();
+        assert_eq!(delete["aws:ResourceTag/user:ec2fd.made-by"], "ec2fleetd");
+        assert_eq!(
+            delete["aws:ResourceTag/user:ec2fd.pool-name"],
+            json!(["world"])
+        );
+        let copies = by_sid("DeleteSupersededCopies")["Condition"]["StringEquals"].clone();
+        assert_eq!(copies["aws:ResourceTag/user:ec2fd.made-by"], "ec2fleetd");
+        assert_eq!(
+            by_sid("CreateBatons")["Condition"]["StringEquals"]
+                ["aws:RequestTag/user:ec2fd.baton-of"],
+            json!(["mc/world"])
+        );
+        assert_eq!(
+            by_sid("CommitGenerations")["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"],
+            json!(["user:ec2fd.generation", "user:ec2fd.superseded"])
+        );
+        // A pool without `f` or `snapshot` gets no snapshot rights.
+        assert_eq!(
+            by_sid("SnapshotsOfPools")["Condition"]["StringEquals"]
+                ["aws:RequestTag/user:ec2fd.pool-name"],
+            json!(["world"])
+        );
     }
 
     #[test]

@@ -127,11 +127,27 @@ fn denied(policy: &Value, request: &Request) -> Vec<String> {
 struct VolumeTags {
     by_id: BTreeMap<String, BTreeMap<String, String>>,
     /// The tags the last CreateVolume asked for: a volume ID first seen
-    /// after it is that volume (each run here creates at most one).
+    /// after it is that volume (a run's volumes are each used first right
+    /// after their CreateVolume).
     created: BTreeMap<String, String>,
+    /// Tags of every snapshot that existed before or after the calls.
+    snapshots: BTreeMap<String, BTreeMap<String, String>>,
+    /// The tags the last CreateSnapshot asked for: a snapshot made and
+    /// deleted between the two looks (`keep` after a periodic one) had
+    /// those (a run's snapshots of one pool differ only in their times).
+    created_snapshot: BTreeMap<String, String>,
 }
 
 impl VolumeTags {
+    fn snapshot_context(&self, id: &str) -> Context {
+        self.snapshots
+            .get(id)
+            .unwrap_or(&self.created_snapshot)
+            .iter()
+            .map(|(k, v)| (format!("aws:ResourceTag/{k}"), vec![v.clone()]))
+            .collect()
+    }
+
     fn context(&mut self, id: &str) -> Context {
         let tags = self
             .by_id
@@ -178,7 +194,38 @@ fn request_of(call: &Call, tags: &mut VolumeTags) -> Vec<Request> {
         resources,
     };
     match (call.service.as_str(), call.action.as_str()) {
-        ("ec2", "DescribeVolumes") => vec![one("ec2:DescribeVolumes", vec![("*".into(), none())])],
+        ("ec2", a @ ("DescribeVolumes" | "DescribeSnapshots" | "DescribeInstances")) => {
+            vec![one(&format!("ec2:{a}"), vec![("*".into(), none())])]
+        }
+        ("ec2", "CreateSnapshot") => {
+            let volume = param(call, "VolumeId");
+            let requested = form_tags(call, "TagSpecification.1.Tag");
+            tags.created_snapshot = requested.clone();
+            let mut ctx: Context = requested
+                .iter()
+                .map(|(k, v)| (format!("aws:RequestTag/{k}"), vec![v.clone()]))
+                .collect();
+            let snapshot = format!("arn:aws:ec2:{REGION}::snapshot/snap-new");
+            let resources = vec![
+                (ec2("volume", volume), tags.context(volume)),
+                (snapshot.clone(), ctx.clone()),
+            ];
+            ctx.insert("ec2:CreateAction".into(), vec!["CreateSnapshot".into()]);
+            vec![
+                one("ec2:CreateSnapshot", resources),
+                one("ec2:CreateTags", vec![(snapshot, ctx)]),
+            ]
+        }
+        ("ec2", "DeleteSnapshot") => {
+            let id = param(call, "SnapshotId");
+            vec![one(
+                "ec2:DeleteSnapshot",
+                vec![(
+                    format!("arn:aws:ec2:{REGION}::snapshot/{id}"),
+                    tags.snapshot_context(id),
+                )],
+            )]
+        }
         ("ec2", a @ ("AttachVolume" | "DetachVolume")) => {
             let volume = param(call, "VolumeId");
             let mut resources = vec![(ec2("volume", volume), tags.context(volume))];
@@ -217,7 +264,10 @@ fn request_of(call: &Call, tags: &mut VolumeTags) -> Vec<Request> {
             let mut resources = vec![(ec2("volume", "vol-new"), ctx.clone())];
             let snapshot = param(call, "SnapshotId");
             if !snapshot.is_empty() {
-                resources.push((format!("arn:aws:ec2:{REGION}::snapshot/{snapshot}"), none()));
+                resources.push((
+                    format!("arn:aws:ec2:{REGION}::snapshot/{snapshot}"),
+                    tags.snapshot_context(snapshot),
+                ));
             }
             // Tags given on creation are authorized as CreateTags too.
             ctx.insert("ec2:CreateAction".into(), vec!["CreateVolume".into()]);
@@ -310,15 +360,49 @@ async fn all_volume_tags(tb: &Testbed) -> VolumeTags {
             .map(|v| (v.volume_id().unwrap_or_default().to_string(), tags_of(v)))
             .collect(),
         created: BTreeMap::new(),
+        snapshots: snapshot_tags(tb).await,
+        created_snapshot: BTreeMap::new(),
     }
+}
+
+/// This account's snapshots and their tags.
+async fn snapshot_tags(tb: &Testbed) -> BTreeMap<String, BTreeMap<String, String>> {
+    let out = tb
+        .ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap();
+    out.snapshots()
+        .iter()
+        .map(|s| {
+            (
+                s.snapshot_id().unwrap_or_default().to_string(),
+                s.tags()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.key().unwrap_or_default().to_string(),
+                            t.value().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 /// Checks each call against the policy; returns the IAM actions called.
 fn assert_allowed(policy: &Value, calls: &[Call], mut tags: VolumeTags) -> Vec<String> {
+    check_calls(policy, calls, &mut tags)
+}
+
+fn check_calls(policy: &Value, calls: &[Call], tags: &mut VolumeTags) -> Vec<String> {
     let mut actions = Vec::new();
     let mut problems = Vec::new();
     for call in calls.iter().filter(|c| c.outcome == "answered") {
-        for request in request_of(call, &mut tags) {
+        for request in request_of(call, tags) {
             problems.extend(denied(policy, &request));
             actions.push(request.action);
         }
@@ -429,6 +513,96 @@ async fn the_policy_allows_every_call_the_daemon_makes() {
         "route53:ListResourceRecordSets",
         "sns:Publish",
         "sqs:SendMessage",
+    ] {
+        assert!(
+            called.iter().any(|c| c == action),
+            "{action} never called: {called:?}"
+        );
+    }
+}
+
+/// `f`, `snapshot` and `"SnapshotId": "latest"`: six lives of a dataset
+/// (the first copy, moves across zones with release, periodic and takeover
+/// snapshots and `keep`, a rolled-back move, a move whose holder was
+/// killed) make only calls the policy allows.
+#[tokio::test]
+async fn the_policy_allows_what_a_dataset_does() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    let dir = tempdir();
+    let world = |extra: &str| {
+        format!(
+            r#"{{ "domains": {{ "mc": {{ "attach-volume": [
+            {{ "device": "/dev/xvdf", "source": "fc", "pool-name": "world", "create": {{ "Size": 8 }},
+               "snapshot": {{ "on": ["interrupted"], "every": 1, "keep": 1 }},
+               "detach-on": ["interrupted"] {extra} }},
+            {{ "device": "/dev/xvdg", "source": "c", "pool-name": "spare",
+               "create": {{ "Size": 2, "SnapshotId": "latest" }}, "detach-on": ["interrupted"] }} ] }} }} }}"#
+        )
+    };
+    let mut called = Vec::new();
+    let mut life = |zone: &'static str, extra: &'static str, end: &'static str| {
+        let (tb, double, dir) = (&tb, &double, dir.path().to_path_buf());
+        let config = world(extra);
+        async move {
+            let instance = tb.launch_instance(zone, None).await.unwrap();
+            let config = write_config(&dir, &format!("life-{zone}-{end}.jsonc"), &config);
+            let policy = policy_for(&config);
+            let mut tags = all_volume_tags(tb).await;
+            double.clear_calls().await.unwrap();
+            let mut d = spawn_run(tb, &instance, &config);
+            match end {
+                "notice" => {
+                    d.wait_ready(READY_TIMEOUT).await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+                    instance.imds.raise_spot_interruption("terminate", 120);
+                    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+                }
+                "fails" => assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1, "{}", d.log()),
+                _ => {
+                    until("the move under way", || async {
+                        d.log().contains("holds the baton")
+                    })
+                    .await;
+                    d.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+                    let _ = d.wait_exit(EXIT_TIMEOUT).await;
+                }
+            }
+            let calls = double.calls().await.unwrap();
+            tb.ec2
+                .terminate_instances()
+                .instance_ids(&instance.meta.instance_id)
+                .send()
+                .await
+                .unwrap();
+            tags.snapshots.extend(snapshot_tags(tb).await);
+            check_calls(&policy, &calls, &mut tags)
+        }
+    };
+    called.extend(life("a", "", "notice").await);
+    called.extend(life("b", "", "notice").await);
+    called.extend(life("a", "", "notice").await);
+    called.extend(
+        life(
+            "c",
+            r#", "exec": [{ "lines": [{ "argv": ["/bin/false"] }] }]"#,
+            "fails",
+        )
+        .await,
+    );
+    called.extend(life("b", "", "killed").await);
+    called.extend(life("c", "", "notice").await);
+    called.sort();
+    called.dedup();
+    for action in [
+        "ec2:CreateSnapshot",
+        "ec2:DeleteSnapshot",
+        "ec2:DescribeSnapshots",
+        "ec2:DescribeInstances",
+        "ec2:CreateVolume",
+        "ec2:DeleteVolume",
+        "ec2:CreateTags",
+        "ec2:DeleteTags",
     ] {
         assert!(
             called.iter().any(|c| c == action),
