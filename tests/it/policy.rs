@@ -541,7 +541,7 @@ async fn the_policy_allows_what_a_dataset_does() {
         )
     };
     let mut called = Vec::new();
-    let mut life = |zone: &'static str, extra: &'static str, end: &'static str| {
+    let life = |zone: &'static str, extra: &'static str, end: &'static str| {
         let (tb, double, dir) = (&tb, &double, dir.path().to_path_buf());
         let config = world(extra);
         async move {
