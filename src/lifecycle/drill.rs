@@ -122,6 +122,45 @@ async fn run(config: &Config, deadline: Duration, reserve: Duration) -> Result<b
             );
         }
     }
+    // What runs after the hooks, in the reserve: the release snapshots
+    // (one CreateSnapshot and one CreateTags each), then `detach-on`.
+    let mut after = 0;
+    for domain in &config.domains {
+        let steps: Vec<String> = domain
+            .volumes
+            .iter()
+            .flat_map(|v| {
+                let snap = v
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.on.contains(&Event::Interrupted))
+                    .then(|| format!("snapshot {}", v.device));
+                let detach = v
+                    .detach_on
+                    .contains(&Event::Interrupted)
+                    .then(|| format!("detach {}", v.device));
+                snap.into_iter().chain(detach)
+            })
+            .collect();
+        after += steps.iter().filter(|s| s.starts_with("snapshot")).count();
+        if !steps.is_empty() {
+            println!(
+                "[{}] then, in the {}s reserve: {}",
+                domain.name,
+                reserve.as_secs(),
+                steps.join(", ")
+            );
+        }
+    }
+    // A snapshot call and its tag take about a second; a detach a few.
+    let wanted = Duration::from_secs(2 * after as u64 + 3);
+    if after > 0 && reserve < wanted {
+        println!(
+            "note: {after} snapshot(s) and the releases may not fit a {}s reserve: give --shutdown-reserve {} or more",
+            reserve.as_secs(),
+            wanted.as_secs()
+        );
+    }
     let fits = slowest <= budget && !results.iter().flat_map(|(_, r)| r).any(|r| r.over_deadline);
     println!();
     if fits && ok {

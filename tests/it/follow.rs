@@ -685,3 +685,77 @@ async fn events_tell_the_generation_the_restore_and_the_snapshots() {
         .unwrap()
         .starts_with("snap-"));
 }
+
+/// config.md, `create`: `"SnapshotId": "latest"` creates from the pool's
+/// newest completed snapshot; with none, an empty volume of `Size`.
+#[tokio::test]
+async fn create_from_the_latest_snapshot_of_the_pool() {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    let dir = tempdir();
+    let config = json_config(
+        dir.path(),
+        "chain",
+        json!({ "domains": { "btc": { "attach-volume": [{
+            "device": "/dev/xvdf", "source": "c", "pool-name": "chain",
+            "create": { "Size": 8, "SnapshotId": "latest" }, "detach-on": ["stopping"] }] } } }),
+    );
+    let created_from = |calls: Vec<ec2fleetd_testbed::double::Call>| {
+        calls
+            .into_iter()
+            .filter(|c| c.action == "CreateVolume")
+            .map(|c| {
+                c.params["SnapshotId"]
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    // No snapshot yet: an empty volume.
+    let first = tb.launch_instance("a", None).await.unwrap();
+    let mut d = spawn_run(&tb, &first, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    stop_cleanly(&mut d).await;
+    assert_eq!(created_from(double.calls().await.unwrap()), ["none"]);
+
+    let source = tb.create_volume("a", 8).await.unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..2 {
+        let id = tb
+            .ec2
+            .create_snapshot()
+            .volume_id(&source)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Snapshot)
+                    .tags(Tag::builder().key("user:ec2fd.domain").value("btc").build())
+                    .tags(
+                        Tag::builder()
+                            .key("user:ec2fd.pool-name")
+                            .value("chain")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .snapshot_id()
+            .unwrap()
+            .to_string();
+        taken.push(id);
+        // Start times are whole seconds apart.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    double.clear_calls().await.unwrap();
+    let second = tb.launch_instance("b", None).await.unwrap();
+    let mut d = spawn_run(&tb, &second, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    stop_cleanly(&mut d).await;
+    assert_eq!(
+        created_from(double.calls().await.unwrap()),
+        [taken[1].clone()]
+    );
+}

@@ -337,4 +337,23 @@ fn drill_times_the_interrupted_hooks_against_the_budget() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("cut after"), "{text}");
     assert!(text.contains("does NOT fit"), "{text}");
+
+    // The release snapshots and detaches come after the hooks, in the
+    // reserve; a reserve too short for them is named.
+    let snapshotted = write_config(
+        dir.path(),
+        "snapshot.jsonc",
+        r#"{ "domains": { "mc": { "attach-volume": [
+            { "device": "/dev/xvdf", "source": "f", "pool-name": "world",
+              "snapshot": { "on": ["interrupted"] }, "detach-on": ["interrupted"] } ] } } }"#,
+    );
+    let (code, text) = drill(&snapshotted, "30", "2");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("[mc] then, in the 2s reserve: snapshot /dev/xvdf, detach /dev/xvdf"),
+        "{text}"
+    );
+    assert!(text.contains("give --shutdown-reserve 5 or more"), "{text}");
+    let (_, text) = drill(&snapshotted, "30", "10");
+    assert!(!text.contains("may not fit"), "{text}");
 }
