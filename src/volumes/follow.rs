@@ -320,14 +320,13 @@ async fn adopt(ctx: &Ctx<'_>, at: &At<'_>, view: &View, c: &Copy, item: &Item) -
         c.volume_id,
         item.generation
     );
-    ctx.ledger.adopted(
-        at.index,
-        &c.volume_id,
-        at.source,
-        at.device,
-        super::is_marked(volume),
-    );
-    ctx.ledger.generation(&c.volume_id, item.generation);
+    let marked = super::is_marked(volume);
+    ctx.ledger
+        .adopted(at.index, &c.volume_id, at.source, at.device, marked);
+    // An earlier run's claim that never committed: this commit makes the
+    // next generation; a committed one keeps its own.
+    let generation = item.generation + u64::from(marked);
+    ctx.ledger.generation(&c.volume_id, generation);
     super::wait_attached(ctx, &c.volume_id).await?;
     Ok(Claim {
         volume_id: c.volume_id.clone(),

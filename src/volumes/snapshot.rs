@@ -276,7 +276,14 @@ pub async fn wait_completed(ctx: &Ctx<'_>, id: &str) -> Result<Snapshot> {
             None => bail!("snapshot {id} does not exist"),
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
+        // Every 2 s for the first minute (a small incremental snapshot is
+        // done in seconds), then every 10 s (a large one takes hours).
+        let cap = if started.elapsed() < Duration::from_secs(60) {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(10)
+        };
+        pause = (pause * 2).min(cap);
     }
 }
 

@@ -91,7 +91,8 @@ pub async fn run(opts: &Options) -> Result<()> {
             "idle" => idle(opts).await?,
             "cold" => cold(opts).await?,
             "fleet" => fleet(opts).await?,
-            other => bail!("unknown scenario {other:?} (init, reaction, idle, cold, fleet)"),
+            "move" => moves(opts).await?,
+            other => bail!("unknown scenario {other:?} (init, reaction, idle, cold, fleet, move)"),
         }
     }
     Ok(())
@@ -604,6 +605,103 @@ async fn cold(opts: &Options) -> Result<()> {
             s.median() * 1000.0,
             s.min() * 1000.0,
             s.max() * 1000.0
+        );
+    }
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------- 6. moves (f)
+
+/// A dataset's bring-up (`"source": "fc"`, release snapshots on `stopping`):
+/// its successor in the same zone, in another zone while the release
+/// snapshot is still pending, and in another zone once it completed.
+async fn moves(opts: &Options) -> Result<()> {
+    let Some(Subject::Rust { bin }) = opts.subjects.first() else {
+        bail!("the move scenario runs ec2fleetd only");
+    };
+    println!(
+        "## 6. Moves of a dataset
+"
+    );
+    println!(
+        "Process start to READY=1 of a successor of a world (`\"source\": \"fc\"`, a snapshot \
+         on `stopping`, `detach-on`), its predecessor just stopped in zone a; the double's \
+         snapshots take the time given to complete; {} runs each.\n",
+        opts.runs
+    );
+    println!("| snapshot completes in | same zone | other zone, snapshot pending | other zone, snapshot completed |");
+    println!("|---|---|---|---|");
+    for snapshot_secs in [0.0, 2.0, 5.0] {
+        let mut same = Vec::new();
+        let mut pending = Vec::new();
+        let mut completed = Vec::new();
+        for _ in 0..opts.runs {
+            for (zone, wait_first, into) in [
+                ("a", false, &mut same),
+                ("b", false, &mut pending),
+                ("b", true, &mut completed),
+            ] {
+                let tb = Testbed::start(REGION).await?;
+                let double = tb
+                    .double
+                    .clone()
+                    .context("the bench needs the AWS double")?;
+                double
+                    .configure(json!({ "delays": { "snapshot": snapshot_secs } }))
+                    .await?;
+                let dir = tempfile::tempdir()?;
+                let config = write(
+                    dir.path(),
+                    "world.jsonc",
+                    r#"{ "domains": { "mc": { "attach-volume": [{
+                        "device": "/dev/xvdf", "source": "fc", "pool-name": "world",
+                        "create": { "Size": 8 }, "snapshot": { "on": ["stopping"] },
+                        "detach-on": ["stopping"] }] } } }"#,
+                )?;
+                let spawn = |i: &SimInstance| {
+                    DaemonProcess::spawn_with(
+                        bin,
+                        &[
+                            "run",
+                            "--config",
+                            &config.display().to_string(),
+                            "--keep-hostname",
+                        ],
+                        &tb.daemon_env(i),
+                        false,
+                        false,
+                    )
+                };
+                let first = tb.launch_instance("a", None).await?;
+                let mut d = spawn(&first)?;
+                d.wait_ready(UP_TIMEOUT).await?;
+                stop_and_wait(&mut d).await;
+                tb.ec2
+                    .terminate_instances()
+                    .instance_ids(&first.meta.instance_id)
+                    .send()
+                    .await?;
+                if wait_first {
+                    tokio::time::sleep(Duration::from_secs_f64(snapshot_secs + 0.2)).await;
+                }
+                let next = tb.launch_instance(zone, None).await?;
+                let started = Instant::now();
+                let mut d = spawn(&next)?;
+                d.wait_ready(UP_TIMEOUT).await?;
+                into.push(started.elapsed().as_secs_f64());
+                stop_and_wait(&mut d).await;
+            }
+        }
+        let cell = |v: Vec<f64>| {
+            let s = Stats::of(v);
+            format!("{:.2} s ({:.2}–{:.2})", s.median(), s.min(), s.max())
+        };
+        println!(
+            "| {snapshot_secs:.0} s | {} | {} | {} |",
+            cell(same),
+            cell(pending),
+            cell(completed)
         );
     }
     println!();
