@@ -342,7 +342,7 @@ pub fn for_config(config: &Config, scope: &Scope) -> Value {
         let baton_tag = format!("aws:ResourceTag/{}", tags::BATON_OF);
         statements.push(statement(
             "SeeBatonHolders",
-            &["ec2:DescribeInstances"],
+            &["ec2:DescribeInstances", "ec2:DescribeAvailabilityZones"],
             vec!["*".into()],
         ));
         statements.push(with_condition(

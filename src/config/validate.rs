@@ -448,6 +448,16 @@ impl Validator {
             if s.is_empty() {
                 self.problem(n.at, &p, "name at least one source: x, p, c or f");
             }
+            let at = |src: VolumeSource| sources.iter().position(|s| *s == src);
+            if let (Some(c), Some(f)) = (at(VolumeSource::Create), at(VolumeSource::Follow)) {
+                if c < f {
+                    self.problem(
+                        n.at,
+                        &p,
+                        "'c' before 'f' would make an empty copy where the dataset belongs: put 'f' first (\"fc\")",
+                    );
+                }
+            }
             if sources.contains(&VolumeSource::Pool) && sources.contains(&VolumeSource::Follow) {
                 self.problem(
                     n.at,
@@ -528,6 +538,13 @@ impl Validator {
         let snapshot = obj
             .get("snapshot")
             .and_then(|n| self.snapshot(n, &key_path(path, "snapshot")));
+        if let (Some(n), None) = (obj.get("snapshot"), &pool_name) {
+            self.problem(
+                n.at,
+                &key_path(path, "snapshot"),
+                "snapshots are kept by pool: give the volume a \"pool-name\"",
+            );
+        }
         if let Some(s) = &sources {
             let follows = s.contains(&VolumeSource::Follow);
             if let Some(n) = obj.get("max-loss").filter(|_| !follows) {

@@ -443,8 +443,9 @@ impl DomainRun {
             }
         }
         let since = Instant::now();
-        for e in volumes::release_snapshots(&ctx, &self.domain.volumes, event, result.is_ok()).await
-        {
+        // Hooks that ran and succeeded unmounted; no hooks unmounted nothing.
+        let unmounted = result.is_ok() && !blocks_for(&self.domain, event).is_empty();
+        for e in volumes::release_snapshots(&ctx, &self.domain.volumes, event, unmounted).await {
             self.ledger.error(e);
         }
         for e in volumes::settle(&ctx, Ending::Keep).await {
@@ -573,6 +574,35 @@ impl DomainRun {
                     self.domain.volumes[spec].device
                 );
             }
+        }
+    }
+
+    /// The `snapshot-end` hooks of volume `spec`, after a periodic snapshot
+    /// was cut between them and `snapshot-begin`.
+    pub async fn thaw(&self, spec: usize) {
+        let held = self.ledger.snapshot();
+        let Some(v) = held
+            .volumes
+            .iter()
+            .find(|v| v.spec == spec && v.stage == Stage::Ready)
+        else {
+            return;
+        };
+        let end = volume_blocks(&self.domain, spec, Event::SnapshotEnd);
+        let values = self.values_for(Event::SnapshotEnd, &held, Some(v));
+        if let Err(f) = hooks::run(
+            end,
+            self.scope(Event::SnapshotEnd),
+            &values,
+            &Policy::new(OnFailure::Continue),
+        )
+        .await
+        {
+            tracing::error!(
+                "[{}] snapshot-end hooks failed: {}",
+                self.domain.name,
+                f.join("; ")
+            );
         }
     }
 

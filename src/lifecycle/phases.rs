@@ -29,7 +29,10 @@ const STARTED_NOTES_GRACE: Duration = Duration::from_secs(10);
 const PERIODIC_GRACE: Duration = Duration::from_secs(10);
 
 /// The `snapshot.every` tasks, and the switch that stops them.
-type Periodic = (tokio::sync::watch::Sender<bool>, Vec<JoinHandle<()>>);
+type Periodic = (
+    tokio::sync::watch::Sender<bool>,
+    Vec<(DomainRun, usize, JoinHandle<()>)>,
+);
 
 /// How a phase ended: the input, and what caused it.
 struct Step {
@@ -281,10 +284,12 @@ impl Daemon {
                 if v.snapshot.as_ref().and_then(|s| s.every).is_none() {
                     continue;
                 }
-                let (shared, run, stopped) = (self.shared.clone(), run.clone(), stopped.clone());
-                tasks.push(tokio::spawn(async move {
-                    run.periodic_snapshots(&shared, spec, stopped).await;
-                }));
+                let (shared, task_run, stopped) =
+                    (self.shared.clone(), run.clone(), stopped.clone());
+                let task = tokio::spawn(async move {
+                    task_run.periodic_snapshots(&shared, spec, stopped).await;
+                });
+                tasks.push((run.clone(), spec, task));
             }
         }
         if !tasks.is_empty() {
@@ -300,18 +305,22 @@ impl Daemon {
             return;
         };
         let _ = stop.send(true);
-        for mut task in tasks {
-            if tokio::time::timeout(PERIODIC_GRACE, &mut task)
-                .await
-                .is_err()
-            {
+        let until = tokio::time::Instant::now() + PERIODIC_GRACE;
+        let ends = tasks.into_iter().map(|(run, spec, mut task)| async move {
+            if tokio::time::timeout_at(until, &mut task).await.is_err() {
+                task.abort();
                 tracing::warn!(
-                    "a periodic snapshot did not finish within {}s: cut",
+                    "[{}] a periodic snapshot of {} did not finish within {}s: cut; its snapshot-end hooks run now",
+                    run.domain.name,
+                    run.domain.volumes[spec].device,
                     PERIODIC_GRACE.as_secs()
                 );
-                task.abort();
+                // What snapshot-begin froze must not stay frozen for the
+                // hooks that unmount.
+                run.thaw(spec).await;
             }
-        }
+        });
+        futures_util::future::join_all(ends).await;
     }
 
     /// `started` hooks of every domain in parallel.

@@ -37,7 +37,14 @@ pub(crate) async fn create(
         Some("latest") => latest(ctx, spec).await?,
         other => other.map(String::from),
     };
-    let req = with_params(ctx, params, ours).set_snapshot_id(snapshot);
+    // AWS takes an initialization rate only for a volume made from a
+    // snapshot: an empty first copy goes without it.
+    let rate = params
+        .get("VolumeInitializationRate")
+        .and_then(Value::as_i64);
+    let req = with_params(ctx, params, ours)
+        .set_volume_initialization_rate(rate.filter(|_| snapshot.is_some()).map(|r| r as i32))
+        .set_snapshot_id(snapshot);
     let claim = create_and_attach(ctx, at, spec, req).await?;
     if first_of_dataset {
         ctx.ledger.generation(&claim.volume_id, 1);
@@ -142,6 +149,7 @@ async fn latest(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<Option<String>> {
     let newest = all
         .iter()
         .filter(|s| s.state() == Some(&aws_sdk_ec2::types::SnapshotState::Completed))
+        .filter(|s| tags::find(s.tags(), tags::SUPERSEDED).is_none())
         .max_by_key(|s| (super::snapshot::generation(s), super::snapshot::started(s)));
     match newest {
         Some(s) => {

@@ -514,36 +514,50 @@ enum Baton {
 
 /// The zone a baton for `item` lives in: the item's own, so that every
 /// contender asks for the same volume.
-fn baton_zone(ctx: &Ctx<'_>, item: Option<&Item>) -> String {
+async fn baton_zone(ctx: &Ctx<'_>, item: Option<&Item>) -> Result<String> {
     match item.map(|i| &i.what) {
-        Some(What::Copy(c)) => c.zone.clone(),
+        Some(What::Copy(c)) => Ok(c.zone.clone()),
         Some(What::Snap(Snap {
             source_zone: Some(z),
             ..
-        })) => z.clone(),
-        // A first copy, or an operator's snapshot: the region's first zone.
-        _ => format!("{}a", ctx.facts.region),
+        })) => Ok(z.clone()),
+        // A first copy, or an operator's snapshot: the first zone of the
+        // region (by name) that this account has available, the same for
+        // every contender.
+        _ => first_zone(ctx).await,
     }
+}
+
+async fn first_zone(ctx: &Ctx<'_>) -> Result<String> {
+    let out = ctx
+        .ec2
+        .describe_availability_zones()
+        .filters(Filter::builder().name("state").values("available").build())
+        .send()
+        .await
+        .map_err(|e| ec2_error("DescribeAvailabilityZones", &ctx.facts.region, &e))?;
+    out.availability_zones()
+        .iter()
+        .filter(|z| z.zone_type().is_none_or(|t| t == "availability-zone"))
+        .filter_map(|z| z.zone_name())
+        .min()
+        .map(String::from)
+        .ok_or_else(|| anyhow!("the region {} has no available zone", ctx.facts.region))
 }
 
 /// Takes the baton for moving on from `item` (the generation it holds).
 async fn take_baton(ctx: &Ctx<'_>, pool: &str, item: &Item) -> Result<Baton> {
-    baton(
-        ctx,
-        pool,
-        item.generation,
-        item.id(),
-        &baton_zone(ctx, Some(item)),
-    )
-    .await
+    let zone = baton_zone(ctx, Some(item)).await?;
+    baton(ctx, pool, item.generation, item.id(), &zone).await
 }
 
 /// The baton for a pool's first copy (`c` after `f` found nothing).
 pub(crate) async fn take_first_baton(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<()> {
     let pool = pool_of(spec);
     let deadline = Instant::now() + spec.wait_available;
+    let zone = baton_zone(ctx, None).await?;
     loop {
-        match baton(ctx, pool, 0, "first", &baton_zone(ctx, None)).await? {
+        match baton(ctx, pool, 0, "first", &zone).await? {
             Baton::Won(_) => return Ok(()),
             Baton::Held(holder) if Instant::now() >= deadline => bail!(
                 "{holder} is making the first copy of pool {pool:?}'s dataset: this instance does not make a second"
@@ -617,8 +631,11 @@ async fn baton(
         let id = match sent {
             Ok(out) => out.volume_id().unwrap_or_default().to_string(),
             // Another took this epoch's token first (or its baton is gone):
-            // read again.
-            Err(e) if aws::code(&e) == Some("IdempotentParameterMismatch") => continue,
+            // read again, once what it made can be seen.
+            Err(e) if aws::code(&e) == Some("IdempotentParameterMismatch") => {
+                tokio::time::sleep(Duration::from_millis(500 + fastrand::u64(0..500))).await;
+                continue;
+            }
             Err(e) => return Err(ec2_error("CreateVolume (baton)", &of, &e)),
         };
         let volume = visible(ctx, &id).await?;
@@ -635,7 +652,8 @@ async fn baton(
         }
         return Ok(Baton::Held(holder));
     }
-    bail!("the baton of pool {pool:?} keeps changing hands: giving up")
+    // Someone holds it whom the reads do not show yet: wait as for a holder.
+    Ok(Baton::Held("another instance".into()))
 }
 
 fn epoch(v: &Volume) -> u64 {

@@ -471,15 +471,18 @@ pub async fn after_commit(ctx: &Ctx<'_>, specs: &[VolumeSpec]) {
 /// At `event` (one that ends the daemon), after its hooks: a snapshot of
 /// each held volume whose `snapshot.on` names it, before `detach-on`
 /// releases it. CreateSnapshot is point-in-time at the call: the instance
-/// may go while it is pending. When the hooks succeeded (they unmount) the
-/// snapshot is the copy's last state, and the copy says so
-/// (`last-snapshot`) for a successor in another zone. Returns what failed.
+/// may go while it is pending. When the event's hooks ran and succeeded
+/// (`unmounted`: they unmount) the snapshot is the copy's last state, and
+/// the copy says so (`last-snapshot`) for a successor in another zone;
+/// otherwise it is crash-consistent, and a successor snapshots the
+/// released copy itself. Returns what failed.
 pub async fn release_snapshots(
     ctx: &Ctx<'_>,
     specs: &[VolumeSpec],
     event: crate::config::Event,
-    hooks_ok: bool,
+    unmounted: bool,
 ) -> Vec<String> {
+    let hooks_ok = unmounted;
     let held = ctx.ledger.snapshot();
     let mut errors = Vec::new();
     for v in held.volumes.iter().filter(|v| v.on_this_instance()) {
@@ -539,15 +542,33 @@ async fn unmark(ctx: &Ctx<'_>, id: &str) -> Result<()> {
 /// first. Returns what could not be done (also logged); what is left marked
 /// the next run's clean-up finds.
 pub async fn settle(ctx: &Ctx<'_>, ending: Ending) -> Vec<String> {
-    let ids: Vec<String> = ctx
-        .ledger
-        .snapshot()
+    let held = ctx.ledger.snapshot();
+    let ids: Vec<String> = held
         .volumes
         .iter()
         .rev()
         .map(|v| v.volume_id.clone())
         .collect();
     let mut errors = Vec::new();
+    if ending == Ending::Keep {
+        // A dataset's claim kept attached is the domain's: its copy holds
+        // the next generation, as at commit (its release snapshot says so).
+        for v in held.volumes.iter().filter(|v| {
+            !v.committed && v.on_this_instance() && v.attached_now && v.generation.is_some()
+        }) {
+            let generation = v.generation.unwrap_or_default().to_string();
+            if let Err(e) = tags::set(
+                ctx.ec2,
+                &v.volume_id,
+                vec![tags::tag(tags::GENERATION, &generation)],
+            )
+            .await
+            {
+                tracing::error!("[{}] keeping {}: {e:#}", ctx.domain, v.volume_id);
+                errors.push(format!("keeping {}: {e:#}", v.volume_id));
+            }
+        }
+    }
     for id in ids {
         if let Err(e) = settle_one(ctx, &id, ending).await {
             let what = match ending {

@@ -24,8 +24,9 @@ pub const GENERATION: &str = "user:ec2fd.generation";
 /// `ec2fleetd` on the volumes and snapshots ec2fleetd made (and may delete).
 pub const MADE_BY: &str = "user:ec2fd.made-by";
 pub const MADE_BY_US: &str = "ec2fleetd";
-/// On a copy or snapshot a newer generation replaced: no source picks it.
-/// The value is the generation that replaced it.
+/// On a copy a newer generation replaced: no source picks it (a snapshot
+/// tagged so by the operator is skipped too). The value is the generation
+/// that replaced it.
 pub const SUPERSEDED: &str = "user:ec2fd.superseded";
 /// On a released copy: the snapshot that holds its last state (taken after
 /// the hooks unmounted it). Removed before anyone attaches the copy again.

@@ -572,7 +572,7 @@ async fn quotas_throttle_like_aws() {
     let tb = Testbed::start(REGION).await.unwrap();
     let double = tb.double.clone().unwrap();
     double
-        .configure(json!({"throttle": {"ec2_mutating": {"rate": 1, "burst": 3}, "route53": {"rate": 1, "burst": 2}}}))
+        .configure(json!({"throttle": {"ec2_mutating": {"rate": 0.1, "burst": 3}, "route53": {"rate": 0.1, "burst": 2}}}))
         .await
         .unwrap();
     // The SDK would retry throttling: count answers without it.

@@ -47,7 +47,12 @@ fn world_config_with(
         "create": { "Size": 8 },
         "snapshot": { "on": ["interrupted", "stopping"] },
         "detach-on": ["interrupted", "stopping"],
-        "exec": [{ "lines": [{ "argv": [hook, "{attached_device}", who, log] }] }]
+        "exec": [
+            { "lines": [{ "argv": [hook, "{attached_device}", who, log] }] },
+            // What an unmount would be: the release snapshot then holds the
+            // copy's last state.
+            { "on": ["interrupted", "stopping"], "lines": [{ "argv": ["/bin/sync"] }] }
+        ]
     });
     for (k, v) in extra.as_object().unwrap() {
         volume[k] = v.clone();
@@ -758,4 +763,42 @@ async fn create_from_the_latest_snapshot_of_the_pool() {
         created_from(double.calls().await.unwrap()),
         [taken[1].clone()]
     );
+}
+
+/// volumes.md: a copy the operator made (no `made-by` tag) is taken as the
+/// dataset, and once a newer generation elsewhere replaces it, it is kept,
+/// tagged `superseded`, and never attached again.
+#[tokio::test]
+async fn an_operators_copy_is_kept_when_superseded_and_never_picked_again() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let dir = tempdir();
+    let theirs = tb.create_pool_volume("a", DOMAIN, POOL).await.unwrap();
+    live(&tb, dir.path(), "a", "first").await;
+    live(&tb, dir.path(), "b", "second").await;
+    live(&tb, dir.path(), "a", "third").await;
+    assert_eq!(
+        reads(dir.path()),
+        [
+            "first read ",
+            "second read first;",
+            "third read first;second;"
+        ]
+    );
+    let volumes = tb.pool_volumes(DOMAIN, POOL).await.unwrap();
+    let kept = volumes
+        .iter()
+        .find(|v| v.volume_id == theirs)
+        .expect("the operator's copy was deleted");
+    assert_eq!(kept.tag("user:ec2fd.superseded"), Some("2"), "{kept:?}");
+    let attaches = tb
+        .double
+        .as_ref()
+        .unwrap()
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.action == "AttachVolume" && c.params["VolumeId"] == theirs.as_str())
+        .count();
+    assert_eq!(attaches, 1, "only the first life attaches it");
 }

@@ -194,7 +194,13 @@ fn request_of(call: &Call, tags: &mut VolumeTags) -> Vec<Request> {
         resources,
     };
     match (call.service.as_str(), call.action.as_str()) {
-        ("ec2", a @ ("DescribeVolumes" | "DescribeSnapshots" | "DescribeInstances")) => {
+        (
+            "ec2",
+            a @ ("DescribeVolumes"
+            | "DescribeSnapshots"
+            | "DescribeInstances"
+            | "DescribeAvailabilityZones"),
+        ) => {
             vec![one(&format!("ec2:{a}"), vec![("*".into(), none())])]
         }
         ("ec2", "CreateSnapshot") => {
@@ -599,6 +605,7 @@ async fn the_policy_allows_what_a_dataset_does() {
         "ec2:DeleteSnapshot",
         "ec2:DescribeSnapshots",
         "ec2:DescribeInstances",
+        "ec2:DescribeAvailabilityZones",
         "ec2:CreateVolume",
         "ec2:DeleteVolume",
         "ec2:CreateTags",
