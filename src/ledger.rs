@@ -146,6 +146,11 @@ impl Held {
         self.volumes.iter().find(|v| v.volume_id == id)
     }
 
+    /// The volume held for spec `spec`, once its device is found.
+    pub fn ready_of(&self, spec: usize) -> Option<&HeldVolume> {
+        self.ready_volumes().find(|v| v.spec == spec)
+    }
+
     /// The volumes still held, for macros and hooks: found and not released.
     pub fn ready_volumes(&self) -> impl Iterator<Item = &HeldVolume> {
         self.volumes.iter().filter(|v| v.stage == Stage::Ready)

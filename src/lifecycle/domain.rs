@@ -581,29 +581,26 @@ impl DomainRun {
     /// was cut between them and `snapshot-begin`.
     pub async fn thaw(&self, spec: usize) {
         let held = self.ledger.snapshot();
-        let Some(v) = held
-            .volumes
-            .iter()
-            .find(|v| v.spec == spec && v.stage == Stage::Ready)
-        else {
+        let Some(v) = held.ready_of(spec) else {
             return;
         };
-        let end = volume_blocks(&self.domain, spec, Event::SnapshotEnd);
-        let values = self.values_for(Event::SnapshotEnd, &held, Some(v));
-        if let Err(f) = hooks::run(
+        if let Err(e) = self.snapshot_end(&held, v).await {
+            tracing::error!("[{}] {e:#}", self.domain.name);
+        }
+    }
+
+    /// The `snapshot-end` hooks of `v`: every line, whatever happened.
+    async fn snapshot_end(&self, held: &Held, v: &HeldVolume) -> Result<()> {
+        let end = volume_blocks(&self.domain, v.spec, Event::SnapshotEnd);
+        let values = self.values_for(Event::SnapshotEnd, held, Some(v));
+        hooks::run(
             end,
             self.scope(Event::SnapshotEnd),
             &values,
             &Policy::new(OnFailure::Continue),
         )
         .await
-        {
-            tracing::error!(
-                "[{}] snapshot-end hooks failed: {}",
-                self.domain.name,
-                f.join("; ")
-            );
-        }
+        .map_err(|f| anyhow!("snapshot-end hooks failed: {}", f.join("; ")))
     }
 
     async fn periodic_snapshot(&self, shared: &Shared, spec: usize) -> Result<()> {
@@ -611,11 +608,7 @@ impl DomainRun {
         let vspec = &self.domain.volumes[spec];
         let pool = vspec.pool_name.as_deref().unwrap_or_default();
         let held = self.ledger.snapshot();
-        let Some(v) = held
-            .volumes
-            .iter()
-            .find(|v| v.spec == spec && v.stage == Stage::Ready)
-        else {
+        let Some(v) = held.ready_of(spec) else {
             return Ok(());
         };
         let pending = volumes::snapshot::query(
@@ -664,17 +657,9 @@ impl DomainRun {
             }
             Err(f) => Err(anyhow!("snapshot-begin hooks failed: {}", f.join("; "))),
         };
-        let end = volume_blocks(&self.domain, spec, Event::SnapshotEnd);
-        let values = self.values_for(Event::SnapshotEnd, &held, Some(v));
-        let thawed = hooks::run(
-            end,
-            self.scope(Event::SnapshotEnd),
-            &values,
-            &Policy::new(OnFailure::Continue),
-        )
-        .await;
+        let thawed = self.snapshot_end(&held, v).await;
         taken?;
-        thawed.map_err(|f| anyhow!("snapshot-end hooks failed: {}", f.join("; ")))?;
+        thawed?;
         if let Some(keep) = vspec.snapshot.as_ref().and_then(|s| s.keep) {
             volumes::snapshot::retain(&ctx, pool, keep).await?;
         }

@@ -163,8 +163,43 @@ async fn snapshots(tb: &Testbed) -> Vec<(String, String, Vec<(String, String)>)>
         .collect()
 }
 
+/// A snapshot of `volume` with `tags`, as an operator would take one;
+/// returns its ID.
+async fn take_snapshot(tb: &Testbed, volume: &str, tags: &[(&str, &str)]) -> String {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let spec = tags.iter().fold(
+        TagSpecification::builder().resource_type(ResourceType::Snapshot),
+        |b, (k, v)| b.tags(Tag::builder().key(*k).value(*v).build()),
+    );
+    tb.ec2
+        .create_snapshot()
+        .volume_id(volume)
+        .tag_specifications(spec.build())
+        .send()
+        .await
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_string()
+}
+
 fn tag<'a>(tags: &'a [(String, String)], key: &str) -> Option<&'a str> {
     tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// The second and third lives of a world whose first was in zone a: in b,
+/// then in a again; each reads what came before.
+async fn b_then_a(tb: &Testbed, dir: &Path) {
+    live(tb, dir, "b", "second").await;
+    live(tb, dir, "a", "third").await;
+    assert_eq!(
+        reads(dir),
+        [
+            "first read ",
+            "second read first;",
+            "third read first;second;"
+        ]
+    );
 }
 
 fn generation(v: &ec2fleetd_testbed::world::PoolVolume) -> Option<u64> {
@@ -191,16 +226,7 @@ async fn a_world_moves_a_to_b_to_a_and_keeps_every_write() {
     assert_eq!(generation(&after_first[0]), Some(1));
     assert!(after_first[0].tag("user:ec2fd.last-snapshot").is_some());
 
-    live(&tb, dir.path(), "b", "second").await;
-    live(&tb, dir.path(), "a", "third").await;
-    assert_eq!(
-        reads(dir.path()),
-        [
-            "first read ",
-            "second read first;",
-            "third read first;second;"
-        ]
-    );
+    b_then_a(&tb, dir.path()).await;
     let copies = tb.pool_volumes(DOMAIN, POOL).await.unwrap();
     assert_eq!(copies.len(), 1, "superseded copies are deleted: {copies:?}");
     assert_eq!(generation(&copies[0]), Some(3));
@@ -397,35 +423,17 @@ async fn a_copy_held_past_wait_available_fails_closed_unless_max_loss_allows() {
 
     // A periodic-like snapshot of the held copy: max-loss may take it.
     let held = volumes.iter().find(|v| !v.attached_to.is_empty()).unwrap();
-    tb.ec2
-        .create_snapshot()
-        .volume_id(&held.volume_id)
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Snapshot)
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key("user:ec2fd.domain")
-                        .value(DOMAIN)
-                        .build(),
-                )
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key("user:ec2fd.pool-name")
-                        .value(POOL)
-                        .build(),
-                )
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key("user:ec2fd.generation")
-                        .value(held.tag("user:ec2fd.generation").unwrap())
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let generation = held.tag("user:ec2fd.generation").unwrap();
+    take_snapshot(
+        &tb,
+        &held.volume_id,
+        &[
+            ("user:ec2fd.domain", DOMAIN),
+            ("user:ec2fd.pool-name", POOL),
+            ("user:ec2fd.generation", generation),
+        ],
+    )
+    .await;
     let config = world_config(
         dir.path(),
         "fourth",
@@ -447,33 +455,15 @@ async fn periodic_snapshots_freeze_thaw_and_keep_their_number() {
     let dir = tempdir();
     // An operator's backup, tagged into the pool.
     let other = tb.create_volume("a", 8).await.unwrap();
-    let pool_tags = |b: aws_sdk_ec2::types::builders::TagSpecificationBuilder| {
-        b.resource_type(aws_sdk_ec2::types::ResourceType::Snapshot)
-            .tags(
-                aws_sdk_ec2::types::Tag::builder()
-                    .key("user:ec2fd.domain")
-                    .value(DOMAIN)
-                    .build(),
-            )
-            .tags(
-                aws_sdk_ec2::types::Tag::builder()
-                    .key("user:ec2fd.pool-name")
-                    .value(POOL)
-                    .build(),
-            )
-            .build()
-    };
-    let foreign = tb
-        .ec2
-        .create_snapshot()
-        .volume_id(&other)
-        .tag_specifications(pool_tags(aws_sdk_ec2::types::TagSpecification::builder()))
-        .send()
-        .await
-        .unwrap()
-        .snapshot_id()
-        .unwrap()
-        .to_string();
+    let foreign = take_snapshot(
+        &tb,
+        &other,
+        &[
+            ("user:ec2fd.domain", DOMAIN),
+            ("user:ec2fd.pool-name", POOL),
+        ],
+    )
+    .await;
     let log = dir.path().join("freeze");
     let mark = |what: &str| json!({ "argv": ["/bin/sh", "-c", format!("echo {what} >> '{}'", log.display())] });
     let hook = world_hook(dir.path());
@@ -695,7 +685,6 @@ async fn events_tell_the_generation_the_restore_and_the_snapshots() {
 /// newest completed snapshot; with none, an empty volume of `Size`.
 #[tokio::test]
 async fn create_from_the_latest_snapshot_of_the_pool() {
-    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
     let tb = Testbed::start(REGION).await.unwrap();
     let double = tb.double.clone().unwrap();
     let dir = tempdir();
@@ -728,28 +717,15 @@ async fn create_from_the_latest_snapshot_of_the_pool() {
     let source = tb.create_volume("a", 8).await.unwrap();
     let mut taken = Vec::new();
     for _ in 0..2 {
-        let id = tb
-            .ec2
-            .create_snapshot()
-            .volume_id(&source)
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Snapshot)
-                    .tags(Tag::builder().key("user:ec2fd.domain").value("btc").build())
-                    .tags(
-                        Tag::builder()
-                            .key("user:ec2fd.pool-name")
-                            .value("chain")
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap()
-            .snapshot_id()
-            .unwrap()
-            .to_string();
+        let id = take_snapshot(
+            &tb,
+            &source,
+            &[
+                ("user:ec2fd.domain", "btc"),
+                ("user:ec2fd.pool-name", "chain"),
+            ],
+        )
+        .await;
         taken.push(id);
         // Start times are whole seconds apart.
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -774,16 +750,7 @@ async fn an_operators_copy_is_kept_when_superseded_and_never_picked_again() {
     let dir = tempdir();
     let theirs = tb.create_pool_volume("a", DOMAIN, POOL).await.unwrap();
     live(&tb, dir.path(), "a", "first").await;
-    live(&tb, dir.path(), "b", "second").await;
-    live(&tb, dir.path(), "a", "third").await;
-    assert_eq!(
-        reads(dir.path()),
-        [
-            "first read ",
-            "second read first;",
-            "third read first;second;"
-        ]
-    );
+    b_then_a(&tb, dir.path()).await;
     let volumes = tb.pool_volumes(DOMAIN, POOL).await.unwrap();
     let kept = volumes
         .iter()
