@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod daemon;
+pub mod dataset_chaos;
 pub mod double;
 pub mod imds;
 pub mod moto;

@@ -86,6 +86,13 @@ enum Command {
         /// Seed of the random choices (default: from the clock).
         #[arg(long)]
         seed: Option<u64>,
+        /// Instead: one dataset (`"source": "fc"`) living on instance after
+        /// instance in random zones, `--lives` times.
+        #[arg(long)]
+        dataset: bool,
+        /// Lives of the dataset, with `--dataset`.
+        #[arg(long, default_value = "20")]
+        lives: usize,
     },
     /// Run the seed Minecraft config through a whole instance life on moto
     /// and the IMDS emulator: boot, attach, DNS, hooks, notice, shutdown.
@@ -129,6 +136,8 @@ async fn main() -> Result<()> {
             slots,
             pool,
             seed,
+            dataset,
+            lives,
         } => {
             let daemon = match daemon {
                 Some(d) => d,
@@ -139,6 +148,24 @@ async fn main() -> Result<()> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
             });
+            if dataset {
+                use ec2fleetd_testbed::dataset_chaos;
+                println!("chaos: a dataset, {lives} lives, seed {seed}");
+                let report = dataset_chaos::run(dataset_chaos::Settings {
+                    daemon,
+                    lives,
+                    seed,
+                })
+                .await?;
+                println!("chaos: {}", report.summary());
+                for v in &report.violations {
+                    println!("VIOLATION: {v}");
+                }
+                if !report.violations.is_empty() {
+                    std::process::exit(1);
+                }
+                return Ok(());
+            }
             println!("chaos: {slots} slots, pool of {pool}, {duration:?}, seed {seed}");
             let report = ec2fleetd_testbed::chaos::run(ec2fleetd_testbed::chaos::Settings {
                 daemon,

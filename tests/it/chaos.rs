@@ -32,3 +32,30 @@ async fn a_short_chaos_run_breaks_no_invariant() {
         report.summary()
     );
 }
+
+/// A short dataset chaos (`ec2fleetd-testbed chaos --dataset` runs longer):
+/// a world on instance after instance in random zones, with faults,
+/// SIGKILLs, notices and races; never two holders, no write lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_dataset_chaos_run_loses_nothing() {
+    use ec2fleetd_testbed::dataset_chaos;
+    let report = dataset_chaos::run(dataset_chaos::Settings {
+        daemon: daemon_bin(),
+        lives: 8,
+        seed: 5,
+    })
+    .await
+    .unwrap();
+    eprintln!("chaos: {}", report.summary());
+    assert!(
+        report.violations.is_empty(),
+        "{}\n{}",
+        report.summary(),
+        report.violations.join("\n\n")
+    );
+    assert!(
+        report.up >= 3 && report.moves >= 1,
+        "the run did too little to mean anything: {}",
+        report.summary()
+    );
+}
