@@ -552,13 +552,15 @@ async fn take_baton(ctx: &Ctx<'_>, pool: &str, item: &Item) -> Result<Baton> {
 }
 
 /// The baton for a pool's first copy (`c` after `f` found nothing).
-pub(crate) async fn take_first_baton(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<()> {
+/// `Ok(true)`: this run makes the first copy; `Ok(false)`: another
+/// instance made it meanwhile, and `f` must follow it instead.
+pub(crate) async fn take_first_baton(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result<bool> {
     let pool = pool_of(spec);
     let deadline = Instant::now() + spec.wait_available;
     let zone = baton_zone(ctx, None).await?;
     loop {
         match baton(ctx, pool, 0, "first", &zone).await? {
-            Baton::Won(_) => return Ok(()),
+            Baton::Won(_) => return Ok(true),
             Baton::Held(holder) if Instant::now() >= deadline => bail!(
                 "{holder} is making the first copy of pool {pool:?}'s dataset: this instance does not make a second"
             ),
@@ -571,7 +573,11 @@ pub(crate) async fn take_first_baton(ctx: &Ctx<'_>, spec: &VolumeSpec) -> Result
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 // Its copy may be there now: then `f` must take it, not `c`.
                 if newest(&read(ctx, pool).await?.items).is_some() {
-                    bail!("pool {pool:?} got its first copy from {holder} meanwhile: start again to follow it");
+                    tracing::info!(
+                        "[{}] pool {pool:?} got its first copy from {holder} meanwhile: following it",
+                        ctx.domain
+                    );
+                    return Ok(false);
                 }
             }
         }

@@ -93,12 +93,21 @@ pub async fn attach(ctx: &Ctx<'_>, index: usize, spec: &VolumeSpec) -> Result<St
                         let baton = if first {
                             follow::take_first_baton(ctx, spec).await
                         } else {
-                            Ok(())
+                            Ok(true)
                         };
                         match baton {
-                            Ok(()) => create::create(ctx, &at, spec, first)
+                            Ok(true) => create::create(ctx, &at, spec, first)
                                 .await
                                 .map_err(SourceError::Failed),
+                            // Another instance made the first copy: follow it.
+                            Ok(false) => match follow::follow(ctx, &at, spec).await {
+                                Ok(Some(claim)) => Ok(claim),
+                                Ok(None) => Err(SourceError::Failed(anyhow!(
+                                    "the first copy of pool {:?} went away again",
+                                    spec.pool_name.as_deref().unwrap_or_default()
+                                ))),
+                                Err(e) => Err(SourceError::Failed(e)),
+                            },
                             Err(e) => Err(SourceError::Failed(e)),
                         }
                     }

@@ -769,3 +769,52 @@ async fn an_operators_copy_is_kept_when_superseded_and_never_picked_again() {
         .count();
     assert_eq!(attaches, 1, "only the first life attaches it");
 }
+
+/// volumes.md, "The first copy": two instances boot on an empty pool at
+/// once; one makes the first copy, the other waits for it and follows it
+/// (once released), never making a second world.
+#[tokio::test]
+async fn two_first_boots_make_one_world() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    tb.double
+        .as_ref()
+        .unwrap()
+        .configure(json!({ "delay_next": { "CreateVolume": { "count": 2, "seconds": 1.0, "when": "before" } } }))
+        .await
+        .unwrap();
+    let dir = tempdir();
+    let (a, b) = (
+        tb.launch_instance("a", None).await.unwrap(),
+        tb.launch_instance("b", None).await.unwrap(),
+    );
+    let extra = json!({ "wait-available": 30 });
+    let (ca, cb) = (
+        world_config(dir.path(), "in-a", extra.clone()),
+        world_config(dir.path(), "in-b", extra),
+    );
+    let (mut da, mut db) = (spawn_run(&tb, &a, &ca), spawn_run(&tb, &b, &cb));
+    let a_first = tokio::select! {
+        r = da.wait_ready(READY_TIMEOUT) => { r.unwrap(); true }
+        r = db.wait_ready(READY_TIMEOUT) => { r.unwrap(); false }
+    };
+    let (first, second, first_name) = if a_first {
+        (&mut da, &mut db, "in-a")
+    } else {
+        (&mut db, &mut da, "in-b")
+    };
+    stop_cleanly(first).await;
+    second.wait_ready(READY_TIMEOUT).await.unwrap();
+    assert!(
+        second.log().contains("meanwhile: following it"),
+        "{}",
+        second.log()
+    );
+    stop_cleanly(second).await;
+    let reads = reads(dir.path());
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert_eq!(reads[0], format!("{first_name} read "));
+    assert!(
+        reads[1].ends_with(&format!("read {first_name};")),
+        "{reads:?}"
+    );
+}
