@@ -383,30 +383,7 @@ async fn move_on(
             }
             let source = match source {
                 Some(s) => s,
-                None => {
-                    tracing::info!(
-                        "[{}] {} in {} has no snapshot of its last state: taking one",
-                        ctx.domain,
-                        c.volume_id,
-                        c.zone
-                    );
-                    let id = snapshot::take(
-                        ctx,
-                        &snapshot::Request {
-                            volume_id: &c.volume_id,
-                            zone: &c.zone,
-                            pool: pool_of(spec),
-                            generation: item.generation,
-                            kind: Kind::Takeover,
-                            event: "takeover",
-                            consistency: Consistency::CrashConsistent,
-                        },
-                    )
-                    .await?;
-                    completed(ctx, baton, &id)
-                        .await
-                        .map_err(|e| cannot(ctx, spec, e))?
-                }
+                None => takeover(ctx, spec, c, item.generation, baton).await?,
             };
             restore(ctx, at, spec, &source, next, started).await
         }
@@ -416,6 +393,44 @@ async fn move_on(
                 .await
                 .map_err(|e| cannot(ctx, spec, e))?;
             restore(ctx, at, spec, &source, next, started).await
+        }
+    }
+}
+
+/// A snapshot of the released copy `c`, taken by its successor, once
+/// completed. One that fails is taken again, once: EBS reports a failed
+/// snapshot for trouble of its own, and the copy is still there.
+async fn takeover(
+    ctx: &Ctx<'_>,
+    spec: &VolumeSpec,
+    c: &Copy,
+    generation: u64,
+    baton: &str,
+) -> Result<Snapshot> {
+    tracing::info!(
+        "[{}] {} in {} has no snapshot of its last state: taking one",
+        ctx.domain,
+        c.volume_id,
+        c.zone
+    );
+    let req = snapshot::Request {
+        volume_id: &c.volume_id,
+        zone: &c.zone,
+        pool: pool_of(spec),
+        generation,
+        kind: Kind::Takeover,
+        event: "takeover",
+        consistency: Consistency::CrashConsistent,
+    };
+    let id = snapshot::take(ctx, &req).await?;
+    match completed(ctx, baton, &id).await {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            tracing::warn!("[{}] {e:#}; taking another", ctx.domain);
+            let id = snapshot::take(ctx, &req).await?;
+            completed(ctx, baton, &id)
+                .await
+                .map_err(|e| cannot(ctx, spec, e))
         }
     }
 }

@@ -250,7 +250,11 @@ pub async fn run(settings: Settings) -> Result<Report> {
             report.lock().unwrap().faults += 1;
         }
         if last {
-            faults = json!({ "error_rate": 0.0, "drop_rate": 0.0, "delays": { "snapshot": 0.2 } });
+            // Nothing left over from the lives before, either.
+            faults = json!({ "error_rate": 0.0, "drop_rate": 0.0, "delays": { "snapshot": 0.2 },
+                "snapshot_error_next": { "count": 0 },
+                "lose_answer_next": { "CreateVolume": 0, "AttachVolume": 0, "CreateSnapshot": 0 },
+                "fail_next": { "DescribeSnapshots": 0 } });
         }
         patiently(|| async { double.configure(faults.clone()).await.map(|_| ()) }).await?;
         let fate = if last { 0 } else { rng.u8(0..4) };
