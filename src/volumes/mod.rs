@@ -449,7 +449,7 @@ pub async fn commit(ctx: &Ctx<'_>) -> Result<()> {
 }
 
 /// After a commit: an `f` pool moves on (older copies superseded, see
-/// [`follow::after_commit`]), and `keep` trims the pools' snapshots. Only
+/// `follow::after_commit`), and `keep` trims the pools' snapshots. Only
 /// logged when it fails: the domain is up.
 pub async fn after_commit(ctx: &Ctx<'_>, specs: &[VolumeSpec]) {
     let held = ctx.ledger.snapshot();
