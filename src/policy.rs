@@ -42,6 +42,8 @@ struct Needs {
     /// from their snapshots (`f`, `"SnapshotId": "latest"`).
     snapshot_pools: BTreeSet<String>,
     restore_pools: BTreeSet<String>,
+    /// Given volumes (`x`) with `snapshot`: they may not carry the pool tag.
+    snapshot_given: BTreeSet<String>,
     /// Hosted zone → normalized record names (macros as `*`).
     zones: BTreeMap<String, BTreeSet<String>>,
     wait_insync: bool,
@@ -81,6 +83,9 @@ impl Needs {
                 }
                 if v.snapshot.is_some() {
                     n.snapshot_pools.extend(v.pool_name.clone());
+                    if v.sources.contains(&VolumeSource::Given) {
+                        n.snapshot_given.extend(v.volume_id.clone());
+                    }
                 }
             }
             for r in &d.records {
@@ -290,6 +295,23 @@ pub fn for_config(config: &Config, scope: &Scope) -> Value {
             ),
             json!({ "StringEquals": pools_of(&n.snapshot_pools) }),
         ));
+        if !n.snapshot_given.is_empty() {
+            // A given volume need not carry the pool's tag: named by its ARN.
+            let given: Vec<String> = n.snapshot_given.iter().map(|id| volume_arn(id)).collect();
+            statements.push(statement(
+                "SnapshotGivenVolumes",
+                &["ec2:CreateSnapshot"],
+                given.clone(),
+            ));
+            statements.push(with_condition(
+                statement(
+                    "MarkGivenLastSnapshot",
+                    &["ec2:CreateTags", "ec2:DeleteTags"],
+                    given,
+                ),
+                json!({ "ForAllValues:StringEquals": { "aws:TagKeys": [tags::LAST_SNAPSHOT] } }),
+            ));
+        }
         statements.push(with_condition(
             statement(
                 "SnapshotsOfPools",
@@ -513,6 +535,23 @@ mod tests {
         assert_eq!(
             by_sid("CommitGenerations")["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"],
             json!(["user:ec2fd.generation", "user:ec2fd.superseded"])
+        );
+        // A given volume with `snapshot` is named by its ARN.
+        let given = policy(
+            r#"{ "domains": { "db": { "attach-volume": [
+                { "device": "/dev/xvdf", "source": "x", "volume-id": "vol-0123456789abcdef0",
+                  "pool-name": "backups", "snapshot": { "on": ["stopping"] } } ] } } }"#,
+        );
+        let named = given["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == "SnapshotGivenVolumes")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            named["Resource"],
+            json!(["arn:aws:ec2:*:*:volume/vol-0123456789abcdef0"])
         );
         // A pool without `f` or `snapshot` gets no snapshot rights.
         assert_eq!(

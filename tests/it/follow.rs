@@ -818,3 +818,61 @@ async fn two_first_boots_make_one_world() {
         "{reads:?}"
     );
 }
+
+/// config.md, `snapshot`: a given volume (`x`) is snapshotted too, into the
+/// entry's pool, and names its last snapshot.
+#[tokio::test]
+async fn a_given_volume_gets_its_release_snapshot() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let volume = tb.create_volume("a", 8).await.unwrap();
+    let dir = tempdir();
+    let config = json_config(
+        dir.path(),
+        "db",
+        json!({ "domains": { "db": {
+            "attach-volume": [{ "device": "/dev/xvdf", "source": "x", "volume-id": volume,
+                "pool-name": "backups", "snapshot": { "on": ["stopping"] } }],
+            "exec": [{ "on": ["stopping"], "lines": [{ "argv": ["/bin/sync"] }] }] } } }),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    stop_cleanly(&mut d).await;
+    let out = tb
+        .ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:user:ec2fd.pool-name")
+                .values("backups")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let snaps = out.snapshots();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0].volume_id(), Some(volume.as_str()));
+    let tags: Vec<(String, String)> = snaps[0]
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().into(), t.value().unwrap().into()))
+        .collect();
+    assert_eq!(tag(&tags, "user:ec2fd.snapshot-kind"), Some("release"));
+    assert_eq!(tag(&tags, "user:ec2fd.consistency"), Some("unmounted"));
+    let described = tb
+        .ec2
+        .describe_volumes()
+        .volume_ids(&volume)
+        .send()
+        .await
+        .unwrap();
+    let last = described.volumes()[0]
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("user:ec2fd.last-snapshot"))
+        .and_then(|t| t.value())
+        .map(String::from);
+    assert_eq!(last.as_deref(), snaps[0].snapshot_id());
+}
