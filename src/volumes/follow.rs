@@ -40,7 +40,6 @@ pub struct Copy {
     pub volume_id: String,
     pub zone: String,
     pub holding: Holding,
-    pub made_by_us: bool,
     /// The snapshot that holds its last state (its holder took it on release).
     pub last_snapshot: Option<String>,
 }
@@ -49,12 +48,10 @@ pub struct Copy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snap {
     pub snapshot_id: String,
-    pub source_volume: Option<String>,
     pub source_zone: Option<String>,
     pub completed: bool,
     /// `None`: not ec2fleetd's (an operator's backup).
     pub kind: Option<Kind>,
-    pub made_by_us: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +133,6 @@ fn copy_of(v: &Volume) -> Option<Item> {
             volume_id: v.volume_id().unwrap_or_default().to_string(),
             zone: v.availability_zone().unwrap_or_default().to_string(),
             holding,
-            made_by_us: tags::value(v, tags::MADE_BY) == Some(tags::MADE_BY_US),
             last_snapshot: tags::value(v, tags::LAST_SNAPSHOT).map(String::from),
         }),
     })
@@ -156,16 +152,15 @@ pub(crate) fn snap_of(s: &Snapshot) -> Option<Item> {
         time: snapshot::started(s),
         what: What::Snap(Snap {
             snapshot_id: s.snapshot_id().unwrap_or_default().to_string(),
-            source_volume: tags::find(s.tags(), tags::SOURCE_VOLUME).map(String::from),
             source_zone: tags::find(s.tags(), tags::SOURCE_ZONE).map(String::from),
             completed,
             kind: tags::find(s.tags(), tags::SNAPSHOT_KIND).and_then(Kind::from_name),
-            made_by_us: snapshot::made_by_us(s),
         }),
     })
 }
 
-async fn pool_volumes(ctx: &Ctx<'_>, pool: &str) -> Result<Vec<Volume>> {
+/// Every volume of the pool (and of this domain), in every zone.
+pub(crate) async fn pool_volumes(ctx: &Ctx<'_>, pool: &str) -> Result<Vec<Volume>> {
     let f = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
     let mut pages = ctx
         .ec2
@@ -684,7 +679,7 @@ fn epoch(v: &Volume) -> u64 {
 }
 
 /// The batons of `DOMAIN/POOL`, those for `from` (`G:ITEM`) if given.
-async fn batons(ctx: &Ctx<'_>, of: &str, from: Option<&str>) -> Result<Vec<Volume>> {
+pub(crate) async fn batons(ctx: &Ctx<'_>, of: &str, from: Option<&str>) -> Result<Vec<Volume>> {
     let f = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
     let mut req = ctx
         .ec2
@@ -778,16 +773,11 @@ async fn supersede(ctx: &Ctx<'_>, pool: &str, mine: &str, generation: u64) -> Re
             continue;
         }
         if ours && free {
-            ctx.ec2
-                .delete_volume()
-                .volume_id(id)
-                .send()
-                .await
-                .map_err(|e| ec2_error("DeleteVolume (superseded)", id, &e))?;
             tracing::info!(
-                "[{}] deleted {id}, superseded by generation {generation} ({mine})",
+                "[{}] {id} is superseded by generation {generation} ({mine}): deleting it",
                 ctx.domain
             );
+            super::delete_volume(ctx, id).await?;
         } else if tags::value(v, tags::SUPERSEDED).is_none() && !leftover {
             tags::set(
                 ctx.ec2,
@@ -849,7 +839,6 @@ mod tests {
                 volume_id: id.into(),
                 zone: "us-east-1a".into(),
                 holding: Holding::Free,
-                made_by_us: true,
                 last_snapshot: None,
             }),
             generation,
@@ -861,11 +850,9 @@ mod tests {
         Item {
             what: What::Snap(Snap {
                 snapshot_id: id.into(),
-                source_volume: None,
                 source_zone: None,
                 completed: true,
                 kind,
-                made_by_us: kind.is_some(),
             }),
             generation,
             time,

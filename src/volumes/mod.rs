@@ -405,26 +405,13 @@ pub async fn commit(ctx: &Ctx<'_>) -> Result<()> {
         .iter()
         .filter(|v| !v.committed && v.on_this_instance())
     {
-        if let Some(generation) = v.generation.filter(|_| v.attached_now || v.marked) {
-            // The dataset's next generation, before the marks go: a copy
-            // unmarked but of the old generation would look older than it is.
-            tags::set(
-                ctx.ec2,
-                &v.volume_id,
-                vec![tags::tag(tags::GENERATION, &generation.to_string())],
-            )
-            .await
-            .map_err(|e| {
-                e.context(format!(
-                    "committing generation {generation} of {}",
-                    v.volume_id
-                ))
-            })?;
-        }
         if !(v.attached_now || v.marked) {
             ctx.ledger.committed(&v.volume_id);
             continue;
         }
+        // The dataset's next generation, before the marks go: a copy
+        // unmarked but of the old generation would look older than it is.
+        keep_generation(ctx, v).await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -540,6 +527,26 @@ pub async fn release_snapshots(
     errors
 }
 
+/// Tags a dataset's claim (`f`, or its first copy) with the generation it
+/// makes; nothing for other volumes.
+async fn keep_generation(ctx: &Ctx<'_>, v: &ledger::HeldVolume) -> Result<()> {
+    let Some(generation) = v.generation else {
+        return Ok(());
+    };
+    tags::set(
+        ctx.ec2,
+        &v.volume_id,
+        vec![tags::tag(tags::GENERATION, &generation.to_string())],
+    )
+    .await
+    .map_err(|e| {
+        e.context(format!(
+            "tagging generation {generation} on {}",
+            v.volume_id
+        ))
+    })
+}
+
 /// Removes both transaction marks.
 async fn unmark(ctx: &Ctx<'_>, id: &str) -> Result<()> {
     tags::remove(ctx.ec2, id, &[tags::TRANSACTION, tags::IN_TRANSIT]).await?;
@@ -562,17 +569,12 @@ pub async fn settle(ctx: &Ctx<'_>, ending: Ending) -> Vec<String> {
     if ending == Ending::Keep {
         // A dataset's claim kept attached is the domain's: its copy holds
         // the next generation, as at commit (its release snapshot says so).
-        for v in held.volumes.iter().filter(|v| {
-            !v.committed && v.on_this_instance() && v.attached_now && v.generation.is_some()
-        }) {
-            let generation = v.generation.unwrap_or_default().to_string();
-            if let Err(e) = tags::set(
-                ctx.ec2,
-                &v.volume_id,
-                vec![tags::tag(tags::GENERATION, &generation)],
-            )
-            .await
-            {
+        for v in held
+            .volumes
+            .iter()
+            .filter(|v| !v.committed && v.on_this_instance() && v.attached_now)
+        {
+            if let Err(e) = keep_generation(ctx, v).await {
                 tracing::error!("[{}] keeping {}: {e:#}", ctx.domain, v.volume_id);
                 errors.push(format!("keeping {}: {e:#}", v.volume_id));
             }

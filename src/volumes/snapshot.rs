@@ -341,29 +341,14 @@ pub async fn retain(ctx: &Ctx<'_>, pool: &str, keep: u32) -> Result<Vec<String>>
 /// Snapshots retention must leave: those named as a copy's last state and
 /// those a successor restores from.
 async fn protected(ctx: &Ctx<'_>, pool: &str) -> Result<Vec<String>> {
-    let f = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
-    let copies = ctx
-        .ec2
-        .describe_volumes()
-        .filters(f(&format!("tag:{}", tags::DOMAIN), ctx.domain))
-        .filters(f(&format!("tag:{}", tags::POOL_NAME), pool))
-        .send()
-        .await
-        .map_err(|e| ec2_error("DescribeVolumes (pool)", pool, &e))?;
-    let batons = ctx
-        .ec2
-        .describe_volumes()
-        .filters(f(
-            &format!("tag:{}", tags::BATON_OF),
-            &format!("{}/{pool}", ctx.domain),
-        ))
-        .send()
-        .await
-        .map_err(|e| ec2_error("DescribeVolumes (batons)", pool, &e))?;
+    let of = format!("{}/{pool}", ctx.domain);
+    let (copies, batons) = tokio::try_join!(
+        super::follow::pool_volumes(ctx, pool),
+        super::follow::batons(ctx, &of, None)
+    )?;
     Ok(copies
-        .volumes()
         .iter()
-        .chain(batons.volumes())
+        .chain(&batons)
         .flat_map(|v| {
             [tags::LAST_SNAPSHOT, tags::RESTORED_FROM]
                 .into_iter()

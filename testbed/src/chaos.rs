@@ -175,7 +175,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
 
 /// The harness's own reads and writes meet the same faults as the daemons:
 /// it tries again, for a few seconds.
-async fn patiently<T, F, Fut>(mut call: F) -> Result<T>
+pub async fn patiently<T, F, Fut>(mut call: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,

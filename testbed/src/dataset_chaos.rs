@@ -24,6 +24,7 @@ use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
+use crate::chaos::patiently;
 use crate::daemon::DaemonProcess;
 use crate::world::{SimInstance, Testbed};
 
@@ -126,22 +127,22 @@ async fn sample(tb: Arc<Testbed>, report: Arc<Mutex<Report>>) {
     }
 }
 
-/// The harness's own calls meet the faults too: try again.
-async fn patiently<T, F, Fut>(mut call: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let mut attempt = 0;
-    loop {
-        match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt >= 20 => return Err(e),
-            Err(_) => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+/// The lives that came up, in order, and the zone of the last.
+#[derive(Default)]
+struct Lives {
+    up: Vec<String>,
+    last_zone: String,
+}
+
+impl Lives {
+    fn came_up(&mut self, who: &str, zone: &str, report: &Mutex<Report>) {
+        self.up.push(who.to_string());
+        let mut r = report.lock().unwrap();
+        r.up += 1;
+        if zone != self.last_zone {
+            r.moves += 1;
         }
+        self.last_zone = zone.to_string();
     }
 }
 
@@ -226,9 +227,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
     let report = Arc::new(Mutex::new(Report::default()));
     let sampler = tokio::spawn(sample(tb.clone(), report.clone()));
     let mut rng = fastrand::Rng::with_seed(settings.seed);
-    // The lives that came up, in order.
-    let mut up: Vec<String> = Vec::new();
-    let mut last_zone = String::new();
+    let mut lives = Lives::default();
     for i in 0..=settings.lives {
         let last = i == settings.lives;
         // A fault or two for this life.
@@ -281,12 +280,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
                 (r2.is_ok(), &w2, z2, &mut d2),
             ] {
                 if ok {
-                    up.push(who.clone());
-                    report.lock().unwrap().up += 1;
-                    if zone != last_zone {
-                        report.lock().unwrap().moves += 1;
-                    }
-                    last_zone = zone.to_string();
+                    lives.came_up(who, zone, &report);
                 }
                 let _ = d.signal(Signal::SIGTERM);
                 let _ = d.wait_exit(Duration::from_secs(90)).await;
@@ -321,12 +315,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
             ready
         };
         if came_up {
-            up.push(who.clone());
-            report.lock().unwrap().up += 1;
-            if zone != last_zone {
-                report.lock().unwrap().moves += 1;
-            }
-            last_zone = zone.to_string();
+            lives.came_up(&who, zone, &report);
         }
         run.terminate(&instance).await?;
         if last && !came_up {
@@ -340,6 +329,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
     // Every life that came up read the writes of all that came up before.
     let mut r = report.lock().unwrap().clone();
     let reads = run.reads();
+    let up = &lives.up;
     for (k, who) in up.iter().enumerate() {
         let Some((_, old)) = reads.iter().rev().find(|(w, _)| w == who) else {
             r.violation(format!("{who} came up without reading the world"));

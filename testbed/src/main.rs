@@ -157,13 +157,7 @@ async fn main() -> Result<()> {
                     seed,
                 })
                 .await?;
-                println!("chaos: {}", report.summary());
-                for v in &report.violations {
-                    println!("VIOLATION: {v}");
-                }
-                if !report.violations.is_empty() {
-                    std::process::exit(1);
-                }
+                finish_chaos(&report.summary(), &report.violations);
                 return Ok(());
             }
             println!("chaos: {slots} slots, pool of {pool}, {duration:?}, seed {seed}");
@@ -175,13 +169,7 @@ async fn main() -> Result<()> {
                 seed,
             })
             .await?;
-            println!("chaos: {}", report.summary());
-            for v in &report.violations {
-                println!("VIOLATION: {v}");
-            }
-            if !report.violations.is_empty() {
-                std::process::exit(1);
-            }
+            finish_chaos(&report.summary(), &report.violations);
             Ok(())
         }
         Command::Bench {
@@ -213,6 +201,17 @@ async fn main() -> Result<()> {
             };
             bench::run(&options).await
         }
+    }
+}
+
+/// Prints a chaos run's summary and violations; exit 1 if there are any.
+fn finish_chaos(summary: &str, violations: &[String]) {
+    println!("chaos: {summary}");
+    for v in violations {
+        println!("VIOLATION: {v}");
+    }
+    if !violations.is_empty() {
+        std::process::exit(1);
     }
 }
 

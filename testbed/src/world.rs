@@ -233,16 +233,7 @@ impl Testbed {
                     .iter()
                     .filter_map(|a| a.instance_id().map(String::from))
                     .collect(),
-                tags: v
-                    .tags()
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.key().unwrap_or_default().to_string(),
-                            t.value().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect(),
+                tags: key_values(v.tags()),
             })
             .collect())
     }
@@ -317,6 +308,64 @@ impl Testbed {
             .await?
             .into_iter()
             .map(|m| m.body().unwrap_or_default().to_string())
+            .collect())
+    }
+}
+
+/// Tags as (key, value) pairs.
+fn key_values(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<(String, String)> {
+    tags.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A snapshot as a test sees it.
+#[derive(Debug, Clone)]
+pub struct SeenSnapshot {
+    pub snapshot_id: String,
+    pub state: String,
+    pub tags: Vec<(String, String)>,
+}
+
+impl SeenSnapshot {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Testbed {
+    /// This account's snapshots, those of the pool `pool` if given.
+    pub async fn snapshots(&self, pool: Option<&str>) -> Result<Vec<SeenSnapshot>> {
+        use aws_sdk_ec2::types::Filter;
+        let mut req = self.ec2.describe_snapshots().owner_ids("self");
+        if let Some(pool) = pool {
+            req = req.filters(
+                Filter::builder()
+                    .name("tag:user:ec2fd.pool-name")
+                    .values(pool)
+                    .build(),
+            );
+        }
+        let out = req.send().await.context("DescribeSnapshots")?;
+        Ok(out
+            .snapshots()
+            .iter()
+            .map(|s| SeenSnapshot {
+                snapshot_id: s.snapshot_id().unwrap_or_default().to_string(),
+                state: s
+                    .state()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                tags: key_values(s.tags()),
+            })
             .collect())
     }
 }

@@ -19,13 +19,7 @@ async fn a_short_chaos_run_breaks_no_invariant() {
     })
     .await
     .unwrap();
-    eprintln!("chaos: {}", report.summary());
-    assert!(
-        report.violations.is_empty(),
-        "{}\n{}",
-        report.summary(),
-        report.violations.join("\n\n")
-    );
+    no_violation(&report.summary(), &report.violations);
     assert!(
         report.kills + report.notices + report.stops >= 3 && report.faults > 0,
         "the run did too little to mean anything: {}",
@@ -46,16 +40,19 @@ async fn a_short_dataset_chaos_run_loses_nothing() {
     })
     .await
     .unwrap();
-    eprintln!("chaos: {}", report.summary());
-    assert!(
-        report.violations.is_empty(),
-        "{}\n{}",
-        report.summary(),
-        report.violations.join("\n\n")
-    );
+    no_violation(&report.summary(), &report.violations);
     assert!(
         report.up >= 3 && report.moves >= 1,
         "the run did too little to mean anything: {}",
         report.summary()
+    );
+}
+
+fn no_violation(summary: &str, violations: &[String]) {
+    eprintln!("chaos: {summary}");
+    assert!(
+        violations.is_empty(),
+        "{summary}\n{}",
+        violations.join("\n\n")
     );
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::common::*;
+use ec2fleetd_testbed::world::SeenSnapshot;
 
 const REGION: &str = "us-east-1";
 const DOMAIN: &str = "mc";
@@ -126,41 +127,21 @@ async fn up(
     (instance, d)
 }
 
-/// The pool's snapshots: (ID, state, tags).
-async fn snapshots(tb: &Testbed) -> Vec<(String, String, Vec<(String, String)>)> {
-    use aws_sdk_ec2::types::Filter;
-    tb.ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            Filter::builder()
-                .name("tag:user:ec2fd.pool-name")
-                .values(POOL)
-                .build(),
-        )
-        .send()
-        .await
+/// The pool's snapshots.
+async fn snapshots(tb: &Testbed) -> Vec<SeenSnapshot> {
+    tb.snapshots(Some(POOL)).await.unwrap()
+}
+
+/// A testbed whose snapshots take `seconds` to complete.
+async fn with_snapshots_taking(seconds: f64) -> Testbed {
+    let tb = Testbed::start(REGION).await.unwrap();
+    tb.double
+        .as_ref()
         .unwrap()
-        .snapshots()
-        .iter()
-        .map(|s| {
-            (
-                s.snapshot_id().unwrap_or_default().to_string(),
-                s.state()
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default(),
-                s.tags()
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.key().unwrap_or_default().into(),
-                            t.value().unwrap_or_default().into(),
-                        )
-                    })
-                    .collect(),
-            )
-        })
-        .collect()
+        .configure(json!({ "delays": { "snapshot": seconds } }))
+        .await
+        .unwrap();
+    tb
 }
 
 /// A snapshot of `volume` with `tags`, as an operator would take one;
@@ -181,10 +162,6 @@ async fn take_snapshot(tb: &Testbed, volume: &str, tags: &[(&str, &str)]) -> Str
         .snapshot_id()
         .unwrap()
         .to_string()
-}
-
-fn tag<'a>(tags: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 /// The second and third lives of a world whose first was in zone a: in b,
@@ -212,12 +189,8 @@ fn generation(v: &ec2fleetd_testbed::world::PoolVolume) -> Option<u64> {
 /// deleted once the copy in b is committed).
 #[tokio::test]
 async fn a_world_moves_a_to_b_to_a_and_keeps_every_write() {
-    let tb = Testbed::start(REGION).await.unwrap();
+    let tb = with_snapshots_taking(1.0).await;
     let double = tb.double.clone().unwrap();
-    double
-        .configure(json!({ "delays": { "snapshot": 1.0 } }))
-        .await
-        .unwrap();
     let dir = tempdir();
     live(&tb, dir.path(), "a", "first").await;
     let after_first = tb.pool_volumes(DOMAIN, POOL).await.unwrap();
@@ -262,18 +235,18 @@ async fn a_killed_predecessors_writes_reach_a_successor_in_another_zone() {
     let taken = snapshots(&tb).await;
     let kinds: Vec<_> = taken
         .iter()
-        .filter_map(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind"))
+        .filter_map(|s| s.tag("user:ec2fd.snapshot-kind"))
         .collect();
     assert!(kinds.contains(&"takeover"), "{taken:?}");
     let takeover = taken
         .iter()
-        .find(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind") == Some("takeover"))
+        .find(|s| s.tag("user:ec2fd.snapshot-kind") == Some("takeover"))
         .unwrap();
     assert_eq!(
-        tag(&takeover.2, "user:ec2fd.consistency"),
+        takeover.tag("user:ec2fd.consistency"),
         Some("crash-consistent")
     );
-    assert_eq!(tag(&takeover.2, "user:ec2fd.generation"), Some("1"));
+    assert_eq!(takeover.tag("user:ec2fd.generation"), Some("1"));
 }
 
 /// volumes.md, "One holder": two successors at once in two other zones;
@@ -281,13 +254,7 @@ async fn a_killed_predecessors_writes_reach_a_successor_in_another_zone() {
 /// nothing of the pool attached to it).
 #[tokio::test]
 async fn of_two_successors_at_once_exactly_one_holds_the_dataset() {
-    let tb = Testbed::start(REGION).await.unwrap();
-    tb.double
-        .as_ref()
-        .unwrap()
-        .configure(json!({ "delays": { "snapshot": 0.5 } }))
-        .await
-        .unwrap();
+    let tb = with_snapshots_taking(0.5).await;
     let dir = tempdir();
     live(&tb, dir.path(), "a", "first").await;
     let b = tb.launch_instance("b", None).await.unwrap();
@@ -360,12 +327,8 @@ async fn of_two_successors_at_once_exactly_one_holds_the_dataset() {
 /// own snapshot of the released copy.
 #[tokio::test]
 async fn a_pending_release_snapshot_is_waited_for_and_a_failed_one_replaced() {
-    let tb = Testbed::start(REGION).await.unwrap();
+    let tb = with_snapshots_taking(3.0).await;
     let double = tb.double.clone().unwrap();
-    double
-        .configure(json!({ "delays": { "snapshot": 3.0 } }))
-        .await
-        .unwrap();
     let dir = tempdir();
     live(&tb, dir.path(), "a", "first").await;
     let (_, mut d) = up(&tb, dir.path(), "b", "second", json!({})).await;
@@ -480,7 +443,7 @@ async fn periodic_snapshots_freeze_thaw_and_keep_their_number() {
         snapshots(&tb)
             .await
             .iter()
-            .filter(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind") == Some("periodic"))
+            .filter(|s| s.tag("user:ec2fd.snapshot-kind") == Some("periodic"))
             .count()
             >= 2
             && std::fs::read_to_string(&log)
@@ -502,17 +465,17 @@ async fn periodic_snapshots_freeze_thaw_and_keep_their_number() {
     }
     let all = snapshots(&tb).await;
     assert!(
-        all.iter().any(|(id, _, _)| *id == foreign),
+        all.iter().any(|s| s.snapshot_id == foreign),
         "the operator's snapshot was deleted"
     );
     let periodic: Vec<_> = all
         .iter()
-        .filter(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind") == Some("periodic"))
+        .filter(|s| s.tag("user:ec2fd.snapshot-kind") == Some("periodic"))
         .collect();
     assert!(periodic.len() <= 2, "keep 2: {all:?}");
-    for (_, _, t) in &periodic {
-        assert_eq!(tag(t, "user:ec2fd.consistency"), Some("frozen"));
-        assert_eq!(tag(t, "user:ec2fd.event"), Some("periodic"));
+    for s in &periodic {
+        assert_eq!(s.tag("user:ec2fd.consistency"), Some("frozen"));
+        assert_eq!(s.tag("user:ec2fd.event"), Some("periodic"));
     }
     let taken = tb
         .double
@@ -530,7 +493,7 @@ async fn periodic_snapshots_freeze_thaw_and_keep_their_number() {
     );
     assert!(all
         .iter()
-        .any(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind") == Some("release")));
+        .any(|s| s.tag("user:ec2fd.snapshot-kind") == Some("release")));
 }
 
 /// volumes.md: a successor killed at any point of a move (waiting for the
@@ -540,12 +503,7 @@ async fn periodic_snapshots_freeze_thaw_and_keep_their_number() {
 #[tokio::test]
 async fn a_move_killed_at_any_point_is_taken_over_whole() {
     for point in ["waiting for snapshot", "created vol-", "sleep 30.5"] {
-        let tb = Testbed::start(REGION).await.unwrap();
-        let double = tb.double.clone().unwrap();
-        double
-            .configure(json!({ "delays": { "snapshot": 2.0 } }))
-            .await
-            .unwrap();
+        let tb = with_snapshots_taking(2.0).await;
         let dir = tempdir();
         live(&tb, dir.path(), "a", "first").await;
         let b = tb.launch_instance("b", None).await.unwrap();
@@ -600,7 +558,7 @@ async fn snapshot_calls_ride_out_faults_and_a_lost_answer() {
     let releases: Vec<_> = snapshots(&tb)
         .await
         .into_iter()
-        .filter(|(_, _, t)| tag(t, "user:ec2fd.snapshot-kind") == Some("release"))
+        .filter(|s| s.tag("user:ec2fd.snapshot-kind") == Some("release"))
         .collect();
     assert_eq!(
         releases.len(),
@@ -643,7 +601,7 @@ async fn events_tell_the_generation_the_restore_and_the_snapshots() {
     let tb = Testbed::start(REGION).await.unwrap();
     let dir = tempdir();
     live(&tb, dir.path(), "a", "first").await;
-    let release = snapshots(&tb).await[0].0.clone();
+    let release = snapshots(&tb).await[0].snapshot_id.clone();
     let hook = WebhookReceiver::start().await.unwrap();
     let b = tb.launch_instance("b", None).await.unwrap();
     let config = world_config_with(
@@ -838,29 +796,14 @@ async fn a_given_volume_gets_its_release_snapshot() {
     let mut d = spawn_run(&tb, &instance, &config);
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     stop_cleanly(&mut d).await;
-    let out = tb
-        .ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:user:ec2fd.pool-name")
-                .values("backups")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let snaps = out.snapshots();
+    let snaps = tb.snapshots(Some("backups")).await.unwrap();
     assert_eq!(snaps.len(), 1, "{snaps:?}");
-    assert_eq!(snaps[0].volume_id(), Some(volume.as_str()));
-    let tags: Vec<(String, String)> = snaps[0]
-        .tags()
-        .iter()
-        .map(|t| (t.key().unwrap().into(), t.value().unwrap().into()))
-        .collect();
-    assert_eq!(tag(&tags, "user:ec2fd.snapshot-kind"), Some("release"));
-    assert_eq!(tag(&tags, "user:ec2fd.consistency"), Some("unmounted"));
+    assert_eq!(
+        snaps[0].tag("user:ec2fd.source-volume"),
+        Some(volume.as_str())
+    );
+    assert_eq!(snaps[0].tag("user:ec2fd.snapshot-kind"), Some("release"));
+    assert_eq!(snaps[0].tag("user:ec2fd.consistency"), Some("unmounted"));
     let described = tb
         .ec2
         .describe_volumes()
@@ -874,5 +817,5 @@ async fn a_given_volume_gets_its_release_snapshot() {
         .find(|t| t.key() == Some("user:ec2fd.last-snapshot"))
         .and_then(|t| t.value())
         .map(String::from);
-    assert_eq!(last.as_deref(), snaps[0].snapshot_id());
+    assert_eq!(last, Some(snaps[0].snapshot_id.clone()));
 }

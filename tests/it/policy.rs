@@ -373,29 +373,11 @@ async fn all_volume_tags(tb: &Testbed) -> VolumeTags {
 
 /// This account's snapshots and their tags.
 async fn snapshot_tags(tb: &Testbed) -> BTreeMap<String, BTreeMap<String, String>> {
-    let out = tb
-        .ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .send()
+    tb.snapshots(None)
         .await
-        .unwrap();
-    out.snapshots()
-        .iter()
-        .map(|s| {
-            (
-                s.snapshot_id().unwrap_or_default().to_string(),
-                s.tags()
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.key().unwrap_or_default().to_string(),
-                            t.value().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect(),
-            )
-        })
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.snapshot_id, s.tags.into_iter().collect()))
         .collect()
 }
 
