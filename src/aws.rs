@@ -16,6 +16,8 @@ pub struct Clients {
     pub sdk: SdkConfig,
     pub ec2: aws_sdk_ec2::Client,
     pub route53: aws_sdk_route53::Client,
+    /// Lifecycle hooks: retried as EC2 calls are.
+    pub autoscaling: aws_sdk_autoscaling::Client,
 }
 
 impl Clients {
@@ -41,6 +43,7 @@ impl Clients {
             .await;
         Clients {
             ec2: aws_sdk_ec2::Client::new(&sdk),
+            autoscaling: aws_sdk_autoscaling::Client::new(&sdk),
             // Route53 calls retry through `with_retries`, which logs each one.
             route53: aws_sdk_route53::Client::from_conf(
                 aws_sdk_route53::config::Builder::from(&sdk)

@@ -8,6 +8,7 @@
 //! the IAM policy a config needs. [`aws`] is the one
 //! place SDK clients are made; [`retry`] paces the calls worth repeating.
 
+pub mod autoscaling;
 pub mod aws;
 pub mod config;
 pub mod dns;

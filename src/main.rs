@@ -55,15 +55,26 @@ enum Command {
         /// releases and notifications: the units' TimeoutStopSec.
         #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_seconds)]
         stop_timeout: Duration,
+        /// Seconds an Auto Scaling termination gives the `terminating` hooks,
+        /// releases and notifications when the group has no termination
+        /// lifecycle hook (with one, the hook's timeout counts).
+        #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_seconds)]
+        termination_budget: Duration,
     },
-    /// Run the `interrupted` hooks as if a spot notice arrived now, with no
-    /// AWS changes, and time each against the budget.
+    /// Run the `interrupted` hooks as if a spot notice arrived now (or the
+    /// `terminating` hooks, as if Auto Scaling terminated the instance), with
+    /// no AWS changes, and time each against the budget.
     Drill {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// Seconds until the instance goes (a spot notice gives 120).
-        #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_seconds)]
-        deadline: Duration,
+        /// Which end to rehearse.
+        #[arg(long, value_enum, default_value = "interrupted")]
+        event: lifecycle::DrillEvent,
+        /// Seconds until the instance goes (default: 120 for a spot notice;
+        /// for a termination, the group's termination lifecycle hook's
+        /// timeout, else 120).
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+        deadline: Option<Duration>,
         /// Seconds kept from the hooks, as `run --shutdown-reserve`.
         #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
         shutdown_reserve: Duration,
@@ -86,6 +97,10 @@ enum Command {
         /// The ARN partition: aws, aws-cn, aws-us-gov.
         #[arg(long, value_name = "NAME", default_value = "aws")]
         partition: String,
+        /// The Auto Scaling group whose lifecycle actions the instances
+        /// complete; `*` wildcards allowed (default: any).
+        #[arg(long, value_name = "NAME", default_value = "*")]
+        group: String,
     },
     /// Print the completion script for a shell.
     Completions {
@@ -115,12 +130,14 @@ fn main() -> ExitCode {
             region,
             account,
             partition,
+            group,
         } => print_policy(
             &config,
             &policy::Scope {
                 partition,
                 region,
                 account,
+                group,
             },
         ),
         Command::Completions { shell } => {
@@ -148,6 +165,7 @@ fn main() -> ExitCode {
             keep_hostname,
             shutdown_reserve,
             stop_timeout,
+            termination_budget,
         } => {
             let options = lifecycle::Options {
                 config: config.map_or(ConfigSource::UserData, ConfigSource::File),
@@ -156,14 +174,16 @@ fn main() -> ExitCode {
                 set_hostname: !keep_hostname,
                 shutdown_reserve,
                 stop_timeout,
+                termination_budget,
             };
             block_on(lifecycle::run(options))
         }
         Command::Drill {
             config,
+            event,
             deadline,
             shutdown_reserve,
-        } => block_on(lifecycle::drill(&config, deadline, shutdown_reserve)),
+        } => block_on(lifecycle::drill(&config, event, deadline, shutdown_reserve)),
     }
 }
 

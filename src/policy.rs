@@ -16,6 +16,9 @@ pub struct Scope {
     pub partition: String,
     pub region: String,
     pub account: String,
+    /// The Auto Scaling group (or a pattern of names) whose lifecycle
+    /// actions the instances complete.
+    pub group: String,
 }
 
 impl Default for Scope {
@@ -24,6 +27,7 @@ impl Default for Scope {
             partition: "aws".into(),
             region: "*".into(),
             account: "*".into(),
+            group: "*".into(),
         }
     }
 }
@@ -171,6 +175,7 @@ pub fn for_config(config: &Config, scope: &Scope) -> Value {
         partition: p,
         region: r,
         account: a,
+        group,
     } = scope;
     let volume_arn = |id: &str| format!("arn:{p}:ec2:{r}:{a}:volume/{id}");
     let pool_tag = format!("aws:ResourceTag/{}", tags::POOL_NAME);
@@ -439,6 +444,27 @@ pub fn for_config(config: &Config, scope: &Scope) -> Value {
             list(&n.queues),
         ));
     }
+    if config.auto_scaling.enabled {
+        // The look at start; neither call takes a resource.
+        statements.push(statement(
+            "FindAutoScalingGroup",
+            &[
+                "autoscaling:DescribeAutoScalingInstances",
+                "autoscaling:DescribeLifecycleHooks",
+            ],
+            vec!["*".into()],
+        ));
+        statements.push(statement(
+            "CompleteLifecycleActions",
+            &[
+                "autoscaling:CompleteLifecycleAction",
+                "autoscaling:RecordLifecycleActionHeartbeat",
+            ],
+            vec![format!(
+                "arn:{p}:autoscaling:{r}:{a}:autoScalingGroup:*:autoScalingGroupName/{group}"
+            )],
+        ));
+    }
     json!({ "Version": "2012-10-17", "Statement": statements })
 }
 
@@ -462,8 +488,29 @@ mod tests {
 
     #[test]
     fn a_config_without_aws_work_needs_nothing() {
-        let p = policy(r#"{ "domains": { "a": { "exec": [] } } }"#);
+        let p = policy(r#"{ "auto-scaling": false, "domains": { "a": { "exec": [] } } }"#);
         assert_eq!(p["Statement"], json!([]));
+    }
+
+    #[test]
+    fn lifecycle_actions_are_limited_to_the_group() {
+        let config = Config::from_text("test", r#"{ "domains": { "a": {} } }"#).unwrap();
+        let scope = Scope {
+            group: "game-*".into(),
+            account: "123456789012".into(),
+            ..Scope::default()
+        };
+        let p = for_config(&config, &scope);
+        assert_eq!(
+            sids(&p),
+            ["FindAutoScalingGroup", "CompleteLifecycleActions"]
+        );
+        assert_eq!(
+            p["Statement"][1]["Resource"],
+            json!([
+                "arn:aws:autoscaling:*:123456789012:autoScalingGroup:*:autoScalingGroupName/game-*"
+            ])
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ counterparts refuse things moto accepts, gives state changes their real
 duration, and wraps the server in a WSGI layer for faults, quotas and a
 record of every call. It also plays the kernel: when a volume becomes
 attached to an instance whose device root is registered, a Nitro-style NVMe
-device appears there, backed by a file that belongs to the volume.
+device appears there, backed by a file that belongs to the volume. And it
+gives Auto Scaling's lifecycle hooks their effect: instances wait in
+Pending:Wait and Terminating:Wait until their lifecycle actions end.
 
 Run: python aws_double.py [--port 5000] [--host 127.0.0.1] [--data-dir DIR]
 (port 0, the default, picks a free one; the first line on stdout names it)
@@ -29,6 +31,11 @@ from urllib.parse import parse_qs
 
 from werkzeug.serving import make_server
 
+from moto.autoscaling import models as as_models
+from moto.autoscaling import responses as as_responses
+from moto.autoscaling.exceptions import ValidationError as AutoScalingValidationError
+from moto.core.responses import ActionResult, EmptyResult
+from moto.core.utils import utcnow
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import elastic_block_store as ebs
 from moto.ec2.responses import elastic_block_store as ebs_responses
@@ -706,6 +713,354 @@ r53_responses.Route53.change_resource_record_sets = response_change
 r53_responses.Route53.get_change = response_get_change
 
 
+# ------------------------------------------------ Auto Scaling lifecycle hooks
+#
+# moto stores lifecycle hooks and nothing more: its instances never wait,
+# CompleteLifecycleAction and RecordLifecycleActionHeartbeat are not
+# implemented (a 500), and GlobalTimeout is always 172800. Here an instance
+# that joins a group with launch hooks (AttachInstances, or launched by the
+# group) waits in Pending:Wait, and TerminateInstanceInAutoScalingGroup on an
+# instance of a group with termination hooks leaves it in Terminating:Wait,
+# each with one lifecycle action per hook, until the actions end: completed,
+# or timed out with the hook's DefaultResult.
+#
+# HeartbeatTimeout below AWS's minimum of 30 s is accepted on purpose (as
+# moto accepts it): tests scale time down to a few seconds.
+
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
+WAIT_STATE = {LAUNCHING: "Pending:Wait", TERMINATING: "Terminating:Wait"}
+RESULTS = ("CONTINUE", "ABANDON")
+GLOBAL_TIMEOUT_MAX = 172800  # seconds: 48 hours
+
+# Every lifecycle action so far, in start order; OPEN holds those not ended.
+# An action: {"instance_id", "group", "hook", "transition", "token",
+# "started" (unix), "timeout_at" (unix), "heartbeats", "ended" (unix or
+# None), "result", "how"}, and private keys (monotonic times, the backend).
+ACTIONS = []
+OPEN = []
+# Instances a group terminated (TerminateInstanceInAutoScalingGroup, an
+# abandoned launch): out of the group, `Terminated` to IMDS.
+TERMINATED_BY_GROUP = set()
+
+# AWS: the global timeout is 100 times the heartbeat timeout, at most 48 hours.
+# (moto's constructor writes 172800; the setter ignores it.)
+as_models.LifecycleHook.global_timeout = property(
+    lambda self: min(100 * int(self.heartbeat_timeout), GLOBAL_TIMEOUT_MAX),
+    lambda self, value: None,
+)
+
+# Instances waiting on a hook count toward the group's capacity until they
+# move on: else moto's next capacity change would launch another instance for
+# each one waiting (for a terminating one, its replacement before it left).
+as_models.FakeAutoScalingGroup.active_instances = lambda self: [
+    x for x in self.instance_states if x.lifecycle_state in ("InService", "Pending:Wait", "Terminating:Wait")
+]
+
+
+def _hooks(backend, group_name, transition):
+    return [
+        h for h in list(backend.lifecycle_hooks.values())
+        if h.auto_scaling_group_name == group_name and h.lifecycle_transition == transition
+    ]
+
+
+def _membership(backend, instance_id):
+    """(group, instance state) of an instance in this backend's groups, or (None, None)."""
+    for group in list(backend.autoscaling_groups.values()):
+        for state in group.instance_states:
+            if state.instance.id == instance_id:
+                return group, state
+    return None, None
+
+
+def _begin(backend, group, state, transition, decrement=False):
+    """The instance waits on the group's hooks of this transition, if it has
+    any: one action per hook. Whether it waits."""
+    hooks = _hooks(backend, group.name, transition)
+    if not hooks:
+        return False
+    state.lifecycle_state = WAIT_STATE[transition]
+    started, unix = now(), time.time()
+    for hook in hooks:
+        heartbeat = int(hook.heartbeat_timeout)
+        action = {
+            "instance_id": state.instance.id,
+            "group": group.name,
+            "hook": hook.name,
+            "transition": transition,
+            "token": str(uuid.uuid4()),
+            "started": unix,
+            "timeout_at": unix + heartbeat,
+            "heartbeats": 0,
+            "ended": None,
+            "result": None,
+            "how": None,
+            "_started": started,
+            "_timeout_at": started + heartbeat,
+            "_global_at": started + min(100 * heartbeat, GLOBAL_TIMEOUT_MAX),
+            "_heartbeat": heartbeat,
+            "_default": hook.default_result if hook.default_result in RESULTS else "ABANDON",
+            "_decrement": decrement,
+            "_backend": backend,
+        }
+        ACTIONS.append(action)
+        OPEN.append(action)
+    return True
+
+
+def _close(action, result, how, at=None):
+    action["ended"] = time.time() if at is None else at
+    action["result"], action["how"] = result, how
+    if action in OPEN:
+        OPEN.remove(action)
+
+
+def _leave(backend, group, state, decrement):
+    """What moto's TerminateInstanceInAutoScalingGroup does: detach (moto then
+    launches a replacement unless the capacity was decremented), terminate."""
+    instance_id = state.instance.id
+    TERMINATED_BY_GROUP.add(instance_id)
+    backend.detach_instances(group.name, [instance_id], decrement)
+    backend.ec2_backend.terminate_instances([instance_id])
+
+
+def _finish(action, result, how, at=None):
+    """Ends an action; when it was the instance's last one of its transition
+    (or an ABANDON), the instance moves on."""
+    _close(action, result, how, at)
+    backend, instance_id, transition = action["_backend"], action["instance_id"], action["transition"]
+    group, state = _membership(backend, instance_id)
+    if state is None or group.name != action["group"] or state.lifecycle_state != WAIT_STATE[transition]:
+        return
+    others = [a for a in OPEN if a["instance_id"] == instance_id and a["transition"] == transition]
+    if result == "ABANDON":
+        # The other hooks' actions of the instance end with it, unanswered.
+        for other in others:
+            _close(other, None, None)
+        others = []
+    if others:
+        return
+    if transition == LAUNCHING and result == "CONTINUE":
+        state.lifecycle_state = "InService"
+    elif transition == LAUNCHING:
+        # Abandoned: terminated, and the group replaces it.
+        _leave(backend, group, state, False)
+    else:
+        _leave(backend, group, state, action["_decrement"])
+
+
+def settle_lifecycle():
+    """Ends the actions whose instance no longer waits for them (it left the
+    group otherwise: DetachInstances, TerminateInstances, a scale-in, the
+    group's deletion) and those past their timeout, with the hook's DefaultResult."""
+    for action in list(OPEN):
+        if action["ended"] is not None:
+            continue
+        group, state = _membership(action["_backend"], action["instance_id"])
+        if state is None or group.name != action["group"] or state.lifecycle_state != WAIT_STATE[action["transition"]]:
+            _close(action, None, None)
+    t = now()
+    for action in sorted((a for a in OPEN if a["_timeout_at"] <= t), key=lambda a: a["_timeout_at"]):
+        if action["ended"] is None:
+            _finish(action, action["_default"], "timeout", at=action["timeout_at"])
+
+
+def reconcile_lifecycle():
+    while True:
+        time.sleep(0.02)
+        with LOCK:
+            try:
+                settle_lifecycle()
+            except Exception as e:  # keep the clock running whatever moto says
+                print(f"aws_double: cannot settle lifecycle actions: {e!r}", flush=True)
+
+
+def lifecycle_actions():
+    return [{k: v for k, v in a.items() if not k.startswith("_")} for a in ACTIONS]
+
+
+def autoscaling_instance(instance_id):
+    """{"group", "state"} of an instance in any account and region. An
+    instance a group terminated is no longer in it, but is `Terminated`
+    (IMDS's target lifecycle state says so until the instance is gone)."""
+    settle_lifecycle()
+    for account in list(as_models.autoscaling_backends.values()):
+        for backend in list(account.values()):
+            group, state = _membership(backend, instance_id)
+            if state is not None:
+                return {"group": group.name, "state": state.lifecycle_state}
+    if instance_id in TERMINATED_BY_GROUP:
+        return {"group": None, "state": "Terminated"}
+    return {"group": None, "state": None}
+
+
+_orig_replace_instances = as_models.FakeAutoScalingGroup.replace_autoscaling_group_instances
+_orig_attach_instances = as_models.AutoScalingBackend.attach_instances
+_orig_delete_group = as_models.AutoScalingBackend.delete_auto_scaling_group
+_orig_delete_hook = as_models.AutoScalingBackend.delete_lifecycle_hook
+_orig_as_call_action = as_responses.AutoScalingResponse.call_action
+_orig_response_create_group = as_responses.AutoScalingResponse.create_auto_scaling_group
+_orig_response_terminate = as_responses.AutoScalingResponse.terminate_instance_in_auto_scaling_group
+
+
+def replace_autoscaling_group_instances(self, count_needed, propagated_tags):
+    """Instances the group launches itself wait on its launch hooks."""
+    before = {id(s) for s in self.instance_states}
+    _orig_replace_instances(self, count_needed, propagated_tags)
+    for state in [s for s in self.instance_states if id(s) not in before]:
+        _begin(self.autoscaling_backend, self, state, LAUNCHING)
+
+
+def attach_instances(self, group_name, instance_ids):
+    with LOCK:
+        _orig_attach_instances(self, group_name, instance_ids)
+        group = self.autoscaling_groups[group_name]
+        for state in group.instance_states:
+            if state.instance.id in instance_ids and state.lifecycle_state == "InService":
+                # moto keeps the group an instance had before it was detached.
+                state.instance.autoscaling_group = state.auto_scaling_group = group
+                state.auto_scaling_group_name = group.name
+                _begin(self, group, state, LAUNCHING)
+
+
+def delete_auto_scaling_group(self, group_name):
+    # AWS deletes a group's hooks with it; moto would keep them for the next
+    # group of that name.
+    _orig_delete_group(self, group_name)
+    for key, hook in list(self.lifecycle_hooks.items()):
+        if hook.auto_scaling_group_name == group_name:
+            del self.lifecycle_hooks[key]
+
+
+def delete_lifecycle_hook(self, as_name, name):
+    # AWS: outstanding actions of the hook are completed, ABANDON for
+    # launching instances, CONTINUE for terminating ones. (The hook goes
+    # first, so that a replacement launched meanwhile does not wait on it.)
+    _orig_delete_hook(self, as_name, name)
+    for action in list(OPEN):
+        if action["_backend"] is self and action["group"] == as_name and action["hook"] == name and action["ended"] is None:
+            _finish(action, "ABANDON" if action["transition"] == LAUNCHING else "CONTINUE", None)
+
+
+def as_call_action(self):
+    # Auto Scaling calls run whole under the lock, with due timeouts settled
+    # before the call is answered (and what it changed settled after).
+    with LOCK:
+        settle_lifecycle()
+        try:
+            return _orig_as_call_action(self)
+        finally:
+            settle_lifecycle()
+
+
+def response_create_auto_scaling_group(self):
+    """Hooks given with the group (LifecycleHookSpecificationList, which moto
+    ignores) exist before its first instances launch, so those wait on them."""
+    specs = self._get_param("LifecycleHookSpecificationList", []) or []
+    backend = self.autoscaling_backend
+    name = self._get_param("AutoScalingGroupName")
+    if name in backend.autoscaling_groups:
+        return _orig_response_create_group(self)  # moto's own answer
+    for spec in specs:
+        backend.create_lifecycle_hook(
+            name=spec.get("LifecycleHookName"),
+            as_name=name,
+            transition=spec.get("LifecycleTransition"),
+            timeout=int(spec["HeartbeatTimeout"]) if spec.get("HeartbeatTimeout") is not None else None,
+            result=spec.get("DefaultResult"),
+        )
+    try:
+        return _orig_response_create_group(self)
+    except Exception:
+        for spec in specs:
+            backend.lifecycle_hooks.pop(f"{name}_{spec.get('LifecycleHookName')}", None)
+        raise
+
+
+def _terminate_activity(group, instance_id, decrement):
+    timestamp = utcnow()
+    cause = f"At {timestamp}, instance {instance_id} was taken out of service in response to a user request"
+    desired = group.desired_capacity or 0
+    cause += f", shrinking the capacity from {desired} to {desired - 1}." if decrement else "."
+    return as_models.Activity(f"Terminating EC2 instance: {instance_id}", cause, group, start_time=timestamp)
+
+
+def response_terminate_instance(self):
+    instance_id = self._get_param("InstanceId")
+    decrement = self._get_bool_param("ShouldDecrementDesiredCapacity", False)
+    backend = self.autoscaling_backend
+    group, state = _membership(backend, instance_id)
+    if state is None:
+        # moto: a StopIteration, answered 500.
+        raise AutoScalingValidationError(
+            f"Instance Id not found - No managed instance found for instance ID: {instance_id}"
+        )
+    if state.lifecycle_state == "Terminating:Wait":
+        # Already terminating: accepted, nothing changes (the first call's
+        # ShouldDecrementDesiredCapacity stands).
+        return ActionResult({"Activity": _terminate_activity(group, instance_id, False)})
+    activity = _terminate_activity(group, instance_id, decrement)
+    if not _begin(backend, group, state, TERMINATING, decrement):
+        TERMINATED_BY_GROUP.add(instance_id)
+        return _orig_response_terminate(self)
+    return ActionResult({"Activity": activity})
+
+
+def _active_action(response):
+    """The open action a CompleteLifecycleAction or a heartbeat names."""
+    backend = response.autoscaling_backend
+    group_name = response._get_param("AutoScalingGroupName")
+    hook_name = response._get_param("LifecycleHookName")
+    instance_id = response._get_param("InstanceId")
+    token = response._get_param("LifecycleActionToken")
+    if group_name not in backend.autoscaling_groups:
+        raise AutoScalingValidationError(
+            f"AutoScalingGroup name not found - AutoScalingGroup '{group_name}' not found"
+        )
+    if not instance_id and not token:
+        raise AutoScalingValidationError("Either LifecycleActionToken or InstanceId must be specified.")
+    if f"{group_name}_{hook_name}" not in backend.lifecycle_hooks:
+        raise AutoScalingValidationError(f"No Lifecycle Hook found with name '{hook_name}' for group '{group_name}'")
+    for action in OPEN:
+        if (action["_backend"] is backend and action["group"] == group_name and action["hook"] == hook_name
+                and (not token or action["token"] == token)
+                and (not instance_id or action["instance_id"] == instance_id)):
+            return action
+    if token:
+        raise AutoScalingValidationError(f"No active Lifecycle Action found with token {token}")
+    raise AutoScalingValidationError(f"No active Lifecycle Action found with instance ID {instance_id}")
+
+
+def response_complete_lifecycle_action(self):
+    result = self._get_param("LifecycleActionResult")
+    if result not in RESULTS:
+        raise AutoScalingValidationError(
+            f"Invalid LifecycleActionResult '{result}': it must be CONTINUE or ABANDON."
+        )
+    _finish(_active_action(self), result, "completed")
+    return EmptyResult()
+
+
+def response_record_lifecycle_action_heartbeat(self):
+    action = _active_action(self)
+    action["_timeout_at"] = min(now() + action["_heartbeat"], action["_global_at"])
+    action["timeout_at"] = action["started"] + (action["_timeout_at"] - action["_started"])
+    action["heartbeats"] += 1
+    return EmptyResult()
+
+
+as_models.FakeAutoScalingGroup.replace_autoscaling_group_instances = replace_autoscaling_group_instances
+as_models.AutoScalingBackend.attach_instances = attach_instances
+as_models.AutoScalingBackend.delete_auto_scaling_group = delete_auto_scaling_group
+as_models.AutoScalingBackend.delete_lifecycle_hook = delete_lifecycle_hook
+as_responses.AutoScalingResponse.call_action = as_call_action
+as_responses.AutoScalingResponse.create_auto_scaling_group = response_create_auto_scaling_group
+as_responses.AutoScalingResponse.terminate_instance_in_auto_scaling_group = response_terminate_instance
+as_responses.AutoScalingResponse.complete_lifecycle_action = response_complete_lifecycle_action
+as_responses.AutoScalingResponse.record_lifecycle_action_heartbeat = response_record_lifecycle_action_heartbeat
+
+
 # ------------------------------------------------- faults, quotas and calls
 
 
@@ -863,6 +1218,11 @@ class Double:
             if path == "instances" and method == "POST":
                 DEVICE_ROOTS[data["instance_id"]] = data["device_root"]
                 return json_response(start_response, {"registered": data["instance_id"]})
+            if path.startswith("autoscaling/instances/") and method == "GET":
+                return json_response(start_response, autoscaling_instance(path[len("autoscaling/instances/"):]))
+            if path == "autoscaling/actions" and method == "GET":
+                settle_lifecycle()
+                return json_response(start_response, lifecycle_actions())
         return json_response(start_response, {"error": f"no such control: {method} /_double/{path}"}, "404 Not Found")
 
     def __call__(self, environ, start_response):
@@ -877,6 +1237,8 @@ class Double:
         call = {"t": time.time(), "service": service, "action": action, "params": params, "outcome": "answered"}
         with LOCK:
             CALLS.append(call)
+            # Whatever timed out is settled before any call sees the world.
+            settle_lifecycle()
             latency = SETTINGS["latency_ms"] / 1000.0
             error_rate, drop_rate = SETTINGS["error_rate"], SETTINGS["drop_rate"]
             name = bucket_for(service, action)
@@ -973,6 +1335,7 @@ def main():
     DATA_DIR = args.data_dir or tempfile.mkdtemp(prefix="aws-double-")
     os.makedirs(DATA_DIR, exist_ok=True)
     threading.Thread(target=reconcile_devices, daemon=True).start()
+    threading.Thread(target=reconcile_lifecycle, daemon=True).start()
     app = Double(DomainDispatcherApplication(create_backend_app))
     # Port 0 lets the kernel pick a free port; the first line on stdout says
     # which, so that parallel tests never race for one.

@@ -23,8 +23,34 @@ pub struct Config {
     pub hostname: Option<Template>,
     /// `timeout`: the deadline for the whole init.
     pub timeout: Option<Duration>,
+    /// `auto-scaling`: the Auto Scaling group's lifecycle hooks.
+    pub auto_scaling: AutoScalingSpec,
     /// In the order they appear in the file.
     pub domains: Vec<Domain>,
+}
+
+/// `auto-scaling`: which lifecycle hooks of the instance's Auto Scaling
+/// group the daemon completes. By default it looks the group and its hooks
+/// up at start and uses the one launch and the one termination hook found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoScalingSpec {
+    /// `false`: no Auto Scaling call at all, not even the look at start.
+    pub enabled: bool,
+    /// `launch-hook`: the launch hook to complete, when the group has several.
+    pub launch_hook: Option<String>,
+    /// `termination-hook`: the termination hook whose time the
+    /// `terminating` hooks get.
+    pub termination_hook: Option<String>,
+}
+
+impl Default for AutoScalingSpec {
+    fn default() -> Self {
+        AutoScalingSpec {
+            enabled: true,
+            launch_hook: None,
+            termination_hook: None,
+        }
+    }
 }
 
 /// One application: its volumes, records, hooks and notifications.
@@ -462,6 +488,7 @@ pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
     use validate::*;
     vec![
         ("", ROOT_KEYS),
+        ("auto-scaling", AUTO_SCALING_KEYS),
         ("domain", DOMAIN_KEYS),
         ("volume", VOLUME_KEYS),
         ("create", CREATE_KEYS),

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::json::{Json, Member, Node};
 use super::{
-    suggest, AddressMode, Backend, Body, Config, Domain, Event, ExecBlock, ExecLine, ExitCodes,
-    JsonTemplate, NotifySpec, PoolPref, RecordSpec, SnapshotSpec, Template, VolumeSource,
-    VolumeSpec,
+    suggest, AddressMode, AutoScalingSpec, Backend, Body, Config, Domain, Event, ExecBlock,
+    ExecLine, ExitCodes, JsonTemplate, NotifySpec, PoolPref, RecordSpec, SnapshotSpec, Template,
+    VolumeSource, VolumeSpec,
 };
 
 /// A problem with a byte offset; [`super::Config::from_text`] turns it into
@@ -20,7 +20,15 @@ pub(super) struct RawProblem {
 }
 
 /// Keys of each object kind; the JSON Schema is checked against these lists.
-pub const ROOT_KEYS: &[&str] = &["$schema", "hostname", "set-hostname", "timeout", "domains"];
+pub const ROOT_KEYS: &[&str] = &[
+    "$schema",
+    "hostname",
+    "set-hostname",
+    "timeout",
+    "auto-scaling",
+    "domains",
+];
+pub const AUTO_SCALING_KEYS: &[&str] = &["launch-hook", "termination-hook"];
 pub const DOMAIN_KEYS: &[&str] = &["attach-volume", "update-route53", "exec", "notify"];
 pub const VOLUME_KEYS: &[&str] = &[
     "critical",
@@ -289,6 +297,10 @@ impl Validator {
         let timeout = obj
             .get("timeout")
             .and_then(|n| self.seconds(n, "$.timeout", 86_400.0));
+        let auto_scaling = obj
+            .get("auto-scaling")
+            .and_then(|n| self.auto_scaling(n, "$.auto-scaling"))
+            .unwrap_or_default();
         let mut domains = Vec::new();
         if let Some(n) = self.required(&obj, node, "$", "domains") {
             if let Json::Object(members) = &n.value {
@@ -315,7 +327,52 @@ impl Validator {
         Some(Config {
             hostname,
             timeout,
+            auto_scaling,
             domains,
+        })
+    }
+
+    /// `auto-scaling`: `true` (the default), `false`, or an object naming
+    /// the hooks.
+    fn auto_scaling(&mut self, node: &Node, path: &str) -> Option<AutoScalingSpec> {
+        if let Json::Bool(enabled) = node.value {
+            return Some(AutoScalingSpec {
+                enabled,
+                ..AutoScalingSpec::default()
+            });
+        }
+        if !matches!(node.value, Json::Object(_)) {
+            self.expected(node, path, "true, false or an object");
+            return None;
+        }
+        let obj = self.object(node, path, AUTO_SCALING_KEYS)?;
+        let mut hook = |key: &str| {
+            let n = obj.get(key)?;
+            let p = key_path(path, key);
+            let name = self.nonempty_string(n, &p)?;
+            // Auto Scaling's own limits on a lifecycle hook's name.
+            let ok = name.len() <= 255
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/'));
+            if !ok {
+                self.problem(
+                    n.at,
+                    &p,
+                    format!(
+                        "{name:?} is not a lifecycle hook name: at most 255 letters, digits, '-', '_' and '/'"
+                    ),
+                );
+                return None;
+            }
+            Some(name)
+        };
+        let launch_hook = hook("launch-hook");
+        let termination_hook = hook("termination-hook");
+        Some(AutoScalingSpec {
+            enabled: true,
+            launch_hook,
+            termination_hook,
         })
     }
 

@@ -87,6 +87,8 @@ pub struct DomainRun {
     /// `{interrupt_action}`); volume values come from the record.
     pub values: MacroValues,
     pub ledger: Arc<Ledger>,
+    /// The lifecycle action the end completes, for the final event.
+    pub lifecycle_action: Option<notify::event::LifecycleAction>,
 }
 
 impl DomainRun {
@@ -97,6 +99,7 @@ impl DomainRun {
             domain,
             values,
             ledger: Arc::default(),
+            lifecycle_action: None,
         }
     }
 
@@ -349,12 +352,12 @@ impl DomainRun {
     /// succeeded is what this run attached detached and what it created
     /// deleted (a volume still in use stays attached, and the next run's
     /// clean-up finds its marks); the records are put back. Returns whether
-    /// the failed hooks succeeded, and how many failed now.
-    pub async fn unwind(&self, shared: &Shared, policy: &Policy, why: &str) -> (bool, usize) {
+    /// the failed hooks succeeded, and those that failed now.
+    pub async fn unwind(&self, shared: &Shared, policy: &Policy, why: &str) -> (bool, Vec<String>) {
         let ctx = self.volume_ctx(shared);
         self.find_out(&ctx).await;
         let ran = self.ledger.snapshot().failed_hooks_ok;
-        let mut failed_now = 0;
+        let mut failed_now = Vec::new();
         let hooks_ok = match ran {
             Some(ok) => ok,
             None => {
@@ -362,7 +365,7 @@ impl DomainRun {
                 let result = self.run_hooks(Event::Failed, policy).await;
                 self.time("failed-hooks", since);
                 if let Err(failures) = &result {
-                    failed_now = failures.len();
+                    failed_now.clone_from(failures);
                     for f in failures {
                         self.ledger.error(f.clone());
                     }
@@ -800,6 +803,7 @@ impl DomainRun {
             interruption,
             errors: held.errors.clone(),
             timings: held.timings.clone(),
+            lifecycle_action: self.lifecycle_action.clone(),
         }
     }
 

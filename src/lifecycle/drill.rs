@@ -1,6 +1,9 @@
 //! `ec2fleetd drill`: the `interrupted` hooks as if a spot notice arrived
-//! now, with no change to AWS, each hook timed against the budget, so that
-//! an operator learns whether shutdown fits before trusting spot with data.
+//! now (or the `terminating` hooks, as if Auto Scaling terminated the
+//! instance), with no change to AWS, each hook timed against the budget, so
+//! that an operator learns whether shutdown fits before trusting spot with
+//! data. On EC2 the instance's Auto Scaling group is looked up (read only)
+//! to say what budget a termination gets.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -10,35 +13,114 @@ use anyhow::Result;
 use super::domain::blocks_for;
 use super::startup::base_values;
 use super::{now_rfc3339, Outcome, State};
+use crate::autoscaling::{self, Found};
+use crate::aws::{self, Clients};
 use crate::config::{Config, Event};
 use crate::hooks::{self, OnFailure, Policy, Scope};
 use crate::imds::{ImdsClient, InstanceFacts};
 
+/// The spot notice's warning, and the termination budget without a hook.
+const TWO_MINUTES: Duration = Duration::from_secs(120);
+/// How long the drill waits for the Auto Scaling look.
+const LOOK_LIMIT: Duration = Duration::from_secs(15);
+
+/// Which end the drill rehearses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DrillEvent {
+    /// A spot interruption notice.
+    Interrupted,
+    /// An Auto Scaling termination (scale-in).
+    Terminating,
+}
+
+impl DrillEvent {
+    fn event(self) -> Event {
+        match self {
+            DrillEvent::Interrupted => Event::Interrupted,
+            DrillEvent::Terminating => Event::Terminating,
+        }
+    }
+}
+
 /// Runs the drill; `Clean` when every hook succeeded within the budget.
-pub async fn drill(config: &Path, deadline: Duration, reserve: Duration) -> Outcome {
+pub async fn drill(
+    config: &Path,
+    event: DrillEvent,
+    deadline: Option<Duration>,
+    reserve: Duration,
+) -> Outcome {
     let config = match Config::from_file(config) {
         Ok(c) => c,
         Err(e) => return Outcome::BadConfig(e),
     };
     // Ctrl-C ends the drill; the hooks' process groups go with it.
     let outcome = tokio::select! {
-        r = run(&config, deadline, reserve) => r,
+        r = run(&config, event, deadline, reserve) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("drill interrupted")),
     };
     match outcome {
         Ok(true) => Outcome::Clean(State::Interrupted),
         Ok(false) => Outcome::Failed(anyhow::anyhow!(
-            "the interrupted hooks do not fit the deadline, or failed"
+            "the {} hooks do not fit the deadline, or failed",
+            event.event()
         )),
         Err(e) => Outcome::Failed(e),
     }
 }
 
-async fn run(config: &Config, deadline: Duration, reserve: Duration) -> Result<bool> {
+/// The time an Auto Scaling termination gives, and what says so.
+fn termination_budget(found: &Found) -> (Duration, String) {
+    match found.termination() {
+        Some((group, hook)) => (
+            hook.global_timeout,
+            format!(
+                "the group {}'s termination lifecycle hook {hook} keeps it waiting, with heartbeats every {:.0}s",
+                group.name,
+                autoscaling::heartbeat_interval(hook).as_secs_f64()
+            ),
+        ),
+        None => (
+            TWO_MINUTES,
+            format!(
+                "Auto Scaling will not wait: {}",
+                found.why_no_termination_hook()
+            ),
+        ),
+    }
+}
+
+/// The instance's group and hooks, read only; off EC2, none.
+async fn look(config: &Config, facts: Option<&InstanceFacts>) -> Found {
+    let Some(facts) = facts else {
+        return Found::Unknown("no instance metadata".into());
+    };
+    if !config.auto_scaling.enabled {
+        return Found::Off;
+    }
+    let region = aws::region_from_env().unwrap_or_else(|| facts.region.clone());
+    let clients = Clients::load(&region).await;
+    let looked = autoscaling::look(
+        &clients.autoscaling,
+        &facts.instance_id,
+        &config.auto_scaling,
+    );
+    tokio::time::timeout(LOOK_LIMIT, looked)
+        .await
+        .unwrap_or_else(|_| Found::Unknown("Auto Scaling did not answer in time".into()))
+}
+
+async fn run(
+    config: &Config,
+    which: DrillEvent,
+    deadline: Option<Duration>,
+    reserve: Duration,
+) -> Result<bool> {
+    let event = which.event();
     let imds = ImdsClient::from_env();
     // Off EC2 the drill still runs, with stand-in facts.
-    let facts = match tokio::time::timeout(Duration::from_secs(5), InstanceFacts::read(&imds)).await
-    {
+    let read = tokio::time::timeout(Duration::from_secs(5), InstanceFacts::read(&imds)).await;
+    let on_ec2 = matches!(read, Ok(Ok(_)));
+    let facts = match read {
         Ok(Ok(f)) => f,
         _ => {
             println!(
@@ -55,13 +137,27 @@ async fn run(config: &Config, deadline: Duration, reserve: Duration) -> Result<b
             }
         }
     };
+    let found = look(config, on_ec2.then_some(&facts)).await;
+    let (termination, why) = termination_budget(&found);
+    let deadline = match which {
+        DrillEvent::Interrupted => deadline.unwrap_or(TWO_MINUTES),
+        DrillEvent::Terminating => deadline.unwrap_or(termination),
+    };
     let budget = deadline.saturating_sub(reserve);
-    println!(
-        "drill: a spot notice now, the instance goes in {}s; hooks get {}s ({}s kept for releasing and reporting)",
-        deadline.as_secs(),
-        budget.as_secs(),
-        reserve.as_secs()
-    );
+    match which {
+        DrillEvent::Interrupted => println!(
+            "drill: a spot notice now, the instance goes in {}s; hooks get {}s ({}s kept for releasing and reporting)",
+            deadline.as_secs(),
+            budget.as_secs(),
+            reserve.as_secs()
+        ),
+        DrillEvent::Terminating => println!(
+            "drill: an Auto Scaling termination now ({why}): the instance goes in {}s; hooks get {}s ({}s kept for releasing and reporting)",
+            deadline.as_secs(),
+            budget.as_secs(),
+            reserve.as_secs()
+        ),
+    }
     let interrupt_time =
         humantime::format_rfc3339_seconds(SystemTime::now() + deadline).to_string();
     let policy = Policy {
@@ -72,18 +168,20 @@ async fn run(config: &Config, deadline: Duration, reserve: Duration) -> Result<b
     let runs = config.domains.iter().map(|domain| {
         let mut values = base.clone();
         values.set("domain", domain.name.clone());
-        values.set("daemon_state", Event::Interrupted.name());
-        values.set("interrupt_action", "terminate");
-        values.set("interrupt_time", interrupt_time.clone());
+        values.set("daemon_state", event.name());
+        if which == DrillEvent::Interrupted {
+            values.set("interrupt_action", "terminate");
+            values.set("interrupt_time", interrupt_time.clone());
+        }
         values.set("ts", now_rfc3339());
         let values = values.seal();
         let policy = &policy;
         async move {
             let scope = Scope {
                 domain: &domain.name,
-                event: Event::Interrupted,
+                event,
             };
-            let blocks = blocks_for(domain, Event::Interrupted);
+            let blocks = blocks_for(domain, event);
             (
                 domain,
                 hooks::run_reported(blocks, scope, &values, policy).await,
@@ -133,11 +231,11 @@ async fn run(config: &Config, deadline: Duration, reserve: Duration) -> Result<b
                 let snap = v
                     .snapshot
                     .as_ref()
-                    .is_some_and(|s| s.on.contains(&Event::Interrupted))
+                    .is_some_and(|s| s.on.contains(&event))
                     .then(|| format!("snapshot {}", v.device));
                 let detach = v
                     .detach_on
-                    .contains(&Event::Interrupted)
+                    .contains(&event)
                     .then(|| format!("detach {}", v.device));
                 snap.into_iter().chain(detach)
             })
@@ -178,6 +276,12 @@ async fn run(config: &Config, deadline: Duration, reserve: Duration) -> Result<b
         );
     } else {
         println!("fits in time, but hooks failed: see above");
+    }
+    if which == DrillEvent::Interrupted && on_ec2 {
+        println!(
+            "an Auto Scaling termination would give the terminating hooks {}s ({why}): `--event terminating` times them",
+            termination.saturating_sub(reserve).as_secs()
+        );
     }
     Ok(fits && ok)
 }

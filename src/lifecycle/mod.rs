@@ -15,7 +15,7 @@ mod signals;
 mod startup;
 mod state;
 
-pub use drill::drill;
+pub use drill::{drill, DrillEvent};
 pub use startup::run;
 pub use state::{Input, State};
 
@@ -45,6 +45,9 @@ pub struct Options {
     /// The time a stop or a failure gets in all (the units'
     /// `TimeoutStopSec`, after which systemd kills what is left).
     pub stop_timeout: Duration,
+    /// The time an Auto Scaling termination gets when no termination
+    /// lifecycle hook makes Auto Scaling wait.
+    pub termination_budget: Duration,
 }
 
 /// How a run ended; `main` maps it to the exit status.

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::anyhow;
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::domain::{DomainRun, Shared};
 use super::signals::Signals;
 use super::{return_freed_memory, Input, Options, Outcome, State};
+use crate::autoscaling::{self, Found, Outcome as ActionResult};
 use crate::config::{Config, Event};
 use crate::hooks::{OnFailure, Policy};
 use crate::imds::{ImdsClient, Observation, Watcher};
@@ -21,12 +23,17 @@ use crate::volumes;
 
 /// The warning a spot notice gives, assumed when its time does not parse.
 const SPOT_WARNING: Duration = Duration::from_secs(120);
-/// The time the `terminating` hooks get: Auto Scaling does not say.
-const TERMINATION_BUDGET: Duration = Duration::from_secs(120);
+/// How long the end waits for the Auto Scaling look still under way.
+const LOOK_WAIT: Duration = Duration::from_secs(10);
+/// How long the end waits for a launch hook's completion still under way.
+const LAUNCH_COMPLETION_GRACE: Duration = Duration::from_secs(10);
 /// How long the end waits for `started` notifications still being retried.
 const STARTED_NOTES_GRACE: Duration = Duration::from_secs(10);
 /// How long a periodic snapshot under way may take to finish at the end.
 const PERIODIC_GRACE: Duration = Duration::from_secs(10);
+
+/// The Auto Scaling look started with the daemon, awaited where needed.
+pub(super) type GroupLook = futures_util::future::Shared<BoxFuture<'static, Found>>;
 
 /// The `snapshot.every` tasks, and the switch that stops them.
 type Periodic = (
@@ -111,6 +118,10 @@ pub(super) struct Daemon {
     news_notes: Mutex<Vec<(Event, JoinHandle<()>)>>,
     /// `snapshot.every` tasks while the watch runs, and what stops them.
     periodic: Mutex<Option<Periodic>>,
+    /// The instance's Auto Scaling group and hooks.
+    group: GroupLook,
+    /// The launch hook's completion, sent after READY.
+    launch_completion: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Daemon {
@@ -121,6 +132,7 @@ impl Daemon {
         imds: Arc<ImdsClient>,
         signals: Signals,
         runs: Vec<DomainRun>,
+        group: GroupLook,
     ) -> Daemon {
         Daemon {
             config,
@@ -132,6 +144,8 @@ impl Daemon {
             started_notes: Mutex::default(),
             news_notes: Mutex::default(),
             periodic: Mutex::default(),
+            group,
+            launch_completion: Mutex::default(),
         }
     }
 
@@ -271,8 +285,37 @@ impl Daemon {
             return_freed_memory();
         });
         *self.started_notes.lock().expect("not poisoned") = Some(notes);
+        self.complete_launch();
         self.start_periodic_snapshots();
         Step::of(Input::InitDone)
+    }
+
+    /// What the Auto Scaling look found, waiting for it at most `LOOK_WAIT`.
+    async fn found(&self) -> Found {
+        tokio::time::timeout(LOOK_WAIT, self.group.clone())
+            .await
+            .unwrap_or_else(|_| {
+                Found::Unknown(format!(
+                    "the look did not finish within {}s",
+                    LOOK_WAIT.as_secs()
+                ))
+            })
+    }
+
+    /// After READY: the launch hook is completed with CONTINUE, so that
+    /// Auto Scaling puts the instance in service (in the background: the
+    /// watch begins meanwhile).
+    fn complete_launch(&self) {
+        let (group, shared) = (self.group.clone(), self.shared.clone());
+        let task = tokio::spawn(async move {
+            let found = group.await;
+            let Some((group, hook)) = found.launch() else {
+                return;
+            };
+            let why = "every domain is up";
+            complete_action(&shared, group, hook, true, ActionResult::Continue, why).await;
+        });
+        *self.launch_completion.lock().expect("not poisoned") = Some(task);
     }
 
     /// A task for each volume with `snapshot.every`.
@@ -451,6 +494,16 @@ impl Daemon {
         let event = state.event();
         self.give_up_news();
         self.stop_periodic_snapshots().await;
+        // The hook this end completes: a termination's, or a failed launch's.
+        let found = match state {
+            State::Terminating | State::Failed => self.found().await,
+            _ => Found::Off,
+        };
+        let action = match state {
+            State::Terminating => found.termination(),
+            State::Failed => found.launch(),
+            _ => None,
+        };
         let deadline = match &step.observation {
             Some(Observation::Spot(n)) => {
                 tracing::warn!("spot interruption notice: {} at {}", n.action, n.time);
@@ -462,7 +515,29 @@ impl Daemon {
             }
             Some(Observation::Terminating) => {
                 tracing::warn!("Auto Scaling is terminating this instance");
-                SystemTime::now() + TERMINATION_BUDGET
+                match found.termination() {
+                    Some((_, hook)) => {
+                        tracing::info!(
+                            "lifecycle hook {}: Auto Scaling waits up to {}s for the terminating hooks, kept waiting by a heartbeat every {:.0}s",
+                            hook.name,
+                            hook.global_timeout.as_secs(),
+                            autoscaling::heartbeat_interval(hook).as_secs_f64()
+                        );
+                        // The action began up to a look at IMDS ago.
+                        SystemTime::now()
+                            + hook
+                                .global_timeout
+                                .saturating_sub(self.options.poll_interval)
+                    }
+                    None => {
+                        tracing::warn!(
+                            "Auto Scaling will not wait for the terminating hooks: {}; they get {}s",
+                            found.why_no_termination_hook(),
+                            self.options.termination_budget.as_secs()
+                        );
+                        SystemTime::now() + self.options.termination_budget
+                    }
+                }
             }
             _ => SystemTime::now() + self.options.stop_timeout,
         };
@@ -486,6 +561,22 @@ impl Daemon {
             .unwrap_or_default();
         let reserve = self.options.shutdown_reserve;
         let (until, until_rx) = watch::channel(tokio::time::Instant::now() + left);
+        let until = Arc::new(until);
+        // A termination hook waits while heartbeats come; one refused for
+        // good brings the deadline up to the hook's timeout.
+        let heartbeats = match (state, action) {
+            (State::Terminating, Some((group, hook))) => {
+                let until = until.clone();
+                Some(autoscaling::keep_alive(
+                    self.shared.clients.autoscaling.clone(),
+                    group.clone(),
+                    hook.clone(),
+                    self.shared.facts.instance_id.clone(),
+                    move |left| move_up(&until, left, "the lifecycle action's timeout"),
+                ))
+            }
+            _ => None,
+        };
         let budget = left.saturating_sub(reserve);
         tracing::info!(
             "{event}: {:.0}s until the deadline; hooks get {:.0}s, {:.0}s kept for releasing and reporting",
@@ -500,8 +591,9 @@ impl Daemon {
         systemd::stopping(&line);
         tracing::info!("{line}");
         let cut = self.signals.hurry.child_token();
-        let notice_watch = matches!(state, State::Failed | State::Stopping)
-            .then(|| self.watch_during_end(event, until, cut.clone()));
+        let cutter = cut_when_moved_up(until_rx.clone(), reserve, cut.clone());
+        let notice_watch = matches!(state, State::Failed | State::Stopping | State::Terminating)
+            .then(|| self.watch_during_end(state, until.clone()));
         let policy = Policy {
             deadline: Some(tokio::time::Instant::now() + budget),
             hurry: cut,
@@ -512,7 +604,7 @@ impl Daemon {
         let results = futures_util::future::join_all(self.runs.iter().map(|r| {
             let until = until_rx.clone();
             async move {
-                // How many hooks failed.
+                // The hooks that failed.
                 let work = async {
                     if event == Event::Failed {
                         let (ok, failed) = r.unwind(shared, policy, step.why).await;
@@ -522,10 +614,10 @@ impl Daemon {
                         if cut_init {
                             r.adopt_leftovers(shared).await;
                         }
-                        r.end(shared, event, policy).await.err().map_or(0, |f| f.len())
+                        r.end(shared, event, policy).await.err().unwrap_or_default()
                     }
                 };
-                tokio::select! {
+                let failed = tokio::select! {
                     failed = work => failed,
                     _ = passed(until) => {
                         tracing::error!(
@@ -533,14 +625,52 @@ impl Daemon {
                             r.domain.name
                         );
                         r.ledger.error("the deadline passed before everything was released");
-                        0
+                        vec!["the deadline passed before everything was released".to_string()]
                     }
-                }
+                };
+                failed
+                    .into_iter()
+                    .map(|f| format!("[{}] {f}", r.domain.name))
+                    .collect::<Vec<_>>()
             }
         }))
         .await;
         if let Some(w) = notice_watch {
             w.abort();
+        }
+        cutter.abort();
+        let failures: Vec<String> = results.into_iter().flatten().collect();
+        // CONTINUE when the hooks succeeded; ABANDON when one failed (for a
+        // termination) or init failed (for a launch).
+        let decided = action.map(|(group, hook)| {
+            let (result, why) = match (state, failures.is_empty()) {
+                (State::Failed, _) => (ActionResult::Abandon, format!("init failed: {error_text}")),
+                (_, true) => (
+                    ActionResult::Continue,
+                    format!("the {event} hooks succeeded"),
+                ),
+                (_, false) => (
+                    ActionResult::Abandon,
+                    format!("the {event} hooks failed: {}", failures.join("; ")),
+                ),
+            };
+            (group, hook, result, why)
+        });
+        if let Some((group, hook, result, why)) = &decided {
+            let noted = crate::notify::event::LifecycleAction {
+                group: group.name.clone(),
+                hook: hook.name.clone(),
+                transition: if state == State::Failed {
+                    autoscaling::LAUNCHING
+                } else {
+                    autoscaling::TERMINATING
+                },
+                result: result.as_str(),
+                reason: why.clone(),
+            };
+            for run in &mut self.runs {
+                run.lifecycle_action = Some(noted.clone());
+            }
         }
         let until = Some(*until_rx.borrow());
         // `started` before this event, for whoever reads them in order.
@@ -551,9 +681,16 @@ impl Daemon {
                 .map(|r| r.notify(&self.shared, event, until)),
         )
         .await;
-        let failed_hooks: usize = results.iter().sum();
-        if failed_hooks > 0 {
-            tracing::warn!("{event}: {failed_hooks} hook(s) failed");
+        if let Some(h) = heartbeats {
+            h.abort();
+        }
+        self.settle_launch_completion().await;
+        if let Some((group, hook, result, why)) = &decided {
+            let launch = state == State::Failed;
+            complete_action(&self.shared, group, hook, launch, *result, why).await;
+        }
+        if !failures.is_empty() {
+            tracing::warn!("{event}: {} hook(s) failed", failures.len());
         }
         match step.error {
             Some(e) => Outcome::Failed(e),
@@ -564,48 +701,43 @@ impl Daemon {
         }
     }
 
-    /// While a stop or a failure runs its hooks, IMDS is still watched: a
-    /// spot notice or a termination moves the deadline up, and the hooks
-    /// are cut by its time less the reserve.
+    /// While a stop, a failure or a termination with a lifecycle hook runs
+    /// its hooks, IMDS is still watched: a spot notice (or, but in a
+    /// termination, a termination) moves the deadline up.
     fn watch_during_end(
         &self,
-        event: Event,
-        until: watch::Sender<tokio::time::Instant>,
-        cut: CancellationToken,
+        state: State,
+        until: Arc<watch::Sender<tokio::time::Instant>>,
     ) -> JoinHandle<()> {
         let mut watcher = Watcher::new(self.imds.clone(), self.options.poll_interval);
-        let reserve = self.options.shutdown_reserve;
+        let termination_budget = self.options.termination_budget;
+        let event = state.event();
         tokio::spawn(async move {
             let never = CancellationToken::new();
-            let left = match watcher.next(&never, true).await {
-                Some(Observation::Spot(n)) => {
-                    tracing::warn!(
-                        "spot interruption notice during {event}: {} at {}",
-                        n.action,
-                        n.time
-                    );
-                    notice_deadline(&n.time)
-                        .duration_since(SystemTime::now())
-                        .unwrap_or_default()
+            loop {
+                match watcher.next(&never, true).await {
+                    Some(Observation::Spot(n)) => {
+                        tracing::warn!(
+                            "spot interruption notice during {event}: {} at {}",
+                            n.action,
+                            n.time
+                        );
+                        let left = notice_deadline(&n.time)
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default();
+                        move_up(&until, left, "the spot notice");
+                        return;
+                    }
+                    // The termination this end is for: IMDS keeps saying it.
+                    Some(Observation::Terminating) if state == State::Terminating => {}
+                    Some(Observation::Terminating) => {
+                        tracing::warn!("Auto Scaling terminates this instance during {event}");
+                        move_up(&until, termination_budget, "the termination");
+                        return;
+                    }
+                    _ => return,
                 }
-                Some(Observation::Terminating) => {
-                    tracing::warn!("Auto Scaling terminates this instance during {event}");
-                    TERMINATION_BUDGET
-                }
-                _ => return,
-            };
-            let sooner = tokio::time::Instant::now() + left;
-            if sooner < *until.borrow() {
-                until.send_replace(sooner);
-                tracing::warn!(
-                    "{event}: the deadline moves up: {:.0}s left, hooks cut in {:.0}s",
-                    left.as_secs_f64(),
-                    left.saturating_sub(reserve).as_secs_f64()
-                );
             }
-            let hooks_until = *until.borrow() - reserve.min(left);
-            tokio::time::sleep_until(hooks_until).await;
-            cut.cancel();
         })
     }
 
@@ -617,6 +749,20 @@ impl Daemon {
                 notes.abort();
                 tracing::warn!("{event} notifications not delivered yet: given up");
             }
+        }
+    }
+
+    /// The launch hook's completion, if still under way, gets a short grace.
+    async fn settle_launch_completion(&self) {
+        let Some(mut task) = self.launch_completion.lock().expect("not poisoned").take() else {
+            return;
+        };
+        if tokio::time::timeout(LAUNCH_COMPLETION_GRACE, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+            tracing::warn!("the launch hook's completion did not finish: given up");
         }
     }
 
@@ -662,6 +808,88 @@ fn notice_deadline(time: &str) -> SystemTime {
     humantime::parse_rfc3339_weak(time).unwrap_or_else(|_| {
         tracing::warn!("the notice's time {time:?} does not parse; assuming two minutes");
         SystemTime::now() + SPOT_WARNING
+    })
+}
+
+/// Completes the lifecycle action of `hook` with `result`, saying why.
+async fn complete_action(
+    shared: &super::domain::Shared,
+    group: &autoscaling::Group,
+    hook: &autoscaling::Hook,
+    launch: bool,
+    result: ActionResult,
+    why: &str,
+) {
+    if launch && !group.state.ends_with("Pending:Wait") {
+        tracing::info!(
+            "lifecycle hook {}: not completed: the instance was {} at start, not waiting for it",
+            hook.name,
+            group.state
+        );
+        return;
+    }
+    let since = Instant::now();
+    let instance = &shared.facts.instance_id;
+    match autoscaling::complete(&shared.clients.autoscaling, group, hook, instance, result).await {
+        Ok(()) => tracing::info!(
+            "lifecycle hook {}: completed with {} in {:.2}s ({why})",
+            hook.name,
+            result.as_str(),
+            since.elapsed().as_secs_f64()
+        ),
+        Err(e) => tracing::error!(
+            "lifecycle hook {}: completing with {} ({why}): {e}",
+            hook.name,
+            result.as_str()
+        ),
+    }
+}
+
+/// Brings the deadline `until` up to `left` from now, if that is sooner.
+fn move_up(until: &watch::Sender<tokio::time::Instant>, left: Duration, why: &str) {
+    let sooner = tokio::time::Instant::now() + left;
+    if sooner < *until.borrow() {
+        until.send_replace(sooner);
+        tracing::warn!(
+            "the deadline moves up to {why}: {:.0}s left",
+            left.as_secs_f64()
+        );
+    }
+}
+
+/// Cuts the hooks (`cut`) by the deadline less the reserve, once the
+/// deadline has moved up; the first deadline is the hooks' own.
+fn cut_when_moved_up(
+    mut until: watch::Receiver<tokio::time::Instant>,
+    reserve: Duration,
+    cut: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if until.changed().await.is_err() {
+            return;
+        }
+        loop {
+            let at = *until.borrow_and_update();
+            let left = at.saturating_duration_since(tokio::time::Instant::now());
+            let hooks_until = at - reserve.min(left);
+            tracing::warn!(
+                "hooks cut in {:.0}s",
+                left.saturating_sub(reserve).as_secs_f64()
+            );
+            tokio::select! {
+                _ = tokio::time::sleep_until(hooks_until) => {
+                    cut.cancel();
+                    return;
+                }
+                changed = until.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(hooks_until).await;
+                        cut.cancel();
+                        return;
+                    }
+                }
+            }
+        }
     })
 }
 

@@ -10,6 +10,9 @@ use super::domain::{DomainRun, Shared};
 use super::phases::Daemon;
 use super::signals::Signals;
 use super::{ConfigSource, Options, Outcome};
+use futures_util::FutureExt;
+
+use crate::autoscaling::{self, Found};
 use crate::aws::{self, Clients};
 use crate::config::{Config, ConfigErrors, MacroValues};
 use crate::imds::{ImdsClient, InstanceFacts};
@@ -51,6 +54,22 @@ pub async fn run(options: Options) -> Outcome {
     );
     let region = aws::region_from_env().unwrap_or_else(|| facts.region.clone());
     let clients = Clients::load(&region).await;
+    // The Auto Scaling group and its hooks, looked up while the domains
+    // come up; read when READY is reached, init fails, or a termination comes.
+    let group = {
+        let (client, id, spec) = (
+            clients.autoscaling.clone(),
+            facts.instance_id.clone(),
+            config.auto_scaling.clone(),
+        );
+        let look = tokio::spawn(async move { autoscaling::look(&client, &id, &spec).await });
+        async move {
+            look.await
+                .unwrap_or_else(|e| Found::Unknown(format!("the look ended abnormally: {e}")))
+        }
+        .boxed()
+        .shared()
+    };
     let transaction_id = transaction_id(&facts.instance_id, &options.config);
     let shared = Arc::new(Shared {
         base_values: base_values(&facts, &transaction_id),
@@ -64,7 +83,7 @@ pub async fn run(options: Options) -> Outcome {
         .iter()
         .map(|d| DomainRun::new(&shared, d.clone()))
         .collect();
-    Daemon::new(config, shared, options, imds, signals, runs)
+    Daemon::new(config, shared, options, imds, signals, runs, group)
         .live()
         .await
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// The event format's version, `version` in every event.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// One notification's body.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +32,23 @@ pub struct EventBody {
     pub errors: Vec<String>,
     /// Seconds each phase of this domain took, by phase.
     pub timings: BTreeMap<String, f64>,
+    /// The Auto Scaling lifecycle action the daemon completes after this
+    /// event (`terminating`, or `failed` with a launch hook).
+    pub lifecycle_action: Option<LifecycleAction>,
+}
+
+/// A lifecycle action of the instance's Auto Scaling group and how the
+/// daemon completes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LifecycleAction {
+    pub group: String,
+    pub hook: String,
+    /// `autoscaling:EC2_INSTANCE_LAUNCHING` or `autoscaling:EC2_INSTANCE_TERMINATING`.
+    pub transition: &'static str,
+    /// `CONTINUE` or `ABANDON`.
+    pub result: &'static str,
+    /// Why: the hooks succeeded, which failed, or why init failed.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

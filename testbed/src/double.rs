@@ -29,6 +29,25 @@ impl Call {
     }
 }
 
+/// A lifecycle action of an Auto Scaling group, as the double played it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LifecycleAction {
+    pub instance_id: String,
+    pub group: String,
+    pub hook: String,
+    /// `autoscaling:EC2_INSTANCE_LAUNCHING` or `…_TERMINATING`.
+    pub transition: String,
+    /// Unix times: the start, the timeout now (heartbeats move it), the end.
+    pub started: f64,
+    pub timeout_at: f64,
+    pub ended: Option<f64>,
+    pub heartbeats: u32,
+    /// `CONTINUE` or `ABANDON`, once ended.
+    pub result: Option<String>,
+    /// `completed` (CompleteLifecycleAction) or `timeout`.
+    pub how: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct DoubleControl {
     url: String,
@@ -87,6 +106,18 @@ impl DoubleControl {
             .send()
             .await?;
         Ok(())
+    }
+
+    /// Every lifecycle action so far, in the order they began.
+    pub async fn lifecycle_actions(&self) -> Result<Vec<LifecycleAction>> {
+        let text = self
+            .http
+            .get(format!("{}/autoscaling/actions", self.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(serde_json::from_str(&text)?)
     }
 
     /// Block devices of volumes attached to `instance_id` appear under `root`.

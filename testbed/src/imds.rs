@@ -12,7 +12,8 @@
 //!   (`{"meta-data/spot/instance-action": 12, …}`)
 //! - `POST /control/rebalance`: a rebalance recommendation, noticed now
 //! - `PUT /control/target-lifecycle-state` with `InService` or `Terminated`
-//!   as the body (Auto Scaling)
+//!   as the body (Auto Scaling); or [`ImdsEmulator::follow_group`]: the
+//!   state follows the instance's Auto Scaling group in the AWS double
 //! - `PUT /control/maintenance` with the JSON list of scheduled events
 //! - `POST /control/faults` with JSON `{"latency_ms": 0, "fail_next": 0}`:
 //!   delay every answer, or answer the next N requests (token requests too)
@@ -72,6 +73,9 @@ struct Emu {
     notice: Option<(Notice, Instant)>,
     rebalance: Option<String>,
     lifecycle_state: Option<String>,
+    /// The AWS double's URL: the target lifecycle state is read from the
+    /// instance's group there.
+    group_source: Option<String>,
     maintenance: String,
     tokens: HashMap<String, Instant>,
     /// Grant at most this TTL, whatever is asked (to exercise refreshes).
@@ -110,6 +114,7 @@ impl ImdsEmulator {
             notice: None,
             rebalance: None,
             lifecycle_state: None,
+            group_source: None,
             maintenance: "[]".into(),
             tokens: HashMap::new(),
             token_ttl_cap: None,
@@ -178,6 +183,14 @@ impl ImdsEmulator {
         time
     }
 
+    /// `autoscaling/target-lifecycle-state` follows the instance's
+    /// lifecycle state in its group on the AWS double at `double_url`:
+    /// `InService` while it is pending or in service, `Terminated` from the
+    /// moment it is terminating (`Terminating:Wait` too), as EC2 shows it.
+    pub fn follow_group(&self, double_url: &str) {
+        self.state.lock().unwrap().group_source = Some(double_url.to_string());
+    }
+
     /// Auto Scaling's target lifecycle state (`InService`, `Terminated`).
     pub fn set_target_lifecycle_state(&self, state: &str) {
         self.state.lock().unwrap().lifecycle_state = Some(state.to_string());
@@ -216,6 +229,29 @@ impl ImdsEmulator {
     /// Grants tokens of at most `seconds`, whatever the client asks for.
     pub fn cap_token_ttl(&self, seconds: u64) {
         self.state.lock().unwrap().token_ttl_cap = Some(seconds);
+    }
+}
+
+/// The target lifecycle state of `instance_id` from its Auto Scaling
+/// lifecycle state on the AWS double; `None` when it is in no group (or the
+/// double does not answer).
+async fn group_state(double_url: &str, instance_id: &str) -> Option<String> {
+    let url = format!("{double_url}/_double/autoscaling/instances/{instance_id}");
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    let seen: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let state = seen["state"].as_str()?;
+    Some(target_of(state).to_string())
+}
+
+/// What `autoscaling/target-lifecycle-state` shows for a lifecycle state:
+/// where the instance is headed.
+pub fn target_of(state: &str) -> &str {
+    match state {
+        "Pending" | "Pending:Wait" | "Pending:Proceed" | "InService" => "InService",
+        "Terminating" | "Terminating:Wait" | "Terminating:Proceed" | "Terminated" => "Terminated",
+        "Detaching" | "Detached" => "Detached",
+        "EnteringStandby" | "Standby" => "Standby",
+        warmed => warmed,
     }
 }
 
@@ -289,6 +325,18 @@ async fn metadata(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if path == "meta-data/autoscaling/target-lifecycle-state" {
+        let source = {
+            let emu = s.lock().unwrap();
+            emu.group_source
+                .clone()
+                .map(|url| (url, emu.meta.instance_id.clone()))
+        };
+        if let Some((url, id)) = source {
+            let state = group_state(&url, &id).await;
+            s.lock().unwrap().lifecycle_state = state;
+        }
+    }
     if let Some(failure) = faults_for(&s).await {
         let mut emu = s.lock().unwrap();
         emu.requests += 1;

@@ -20,7 +20,13 @@ pub struct Testbed {
     pub route53: aws_sdk_route53::Client,
     pub sns: aws_sdk_sns::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
 }
+
+/// `LifecycleTransition` of a launch hook.
+pub const LAUNCHING: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
+/// `LifecycleTransition` of a termination hook.
+pub const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
 
 /// A pool volume as a test sees it.
 #[derive(Debug, Clone)]
@@ -78,6 +84,7 @@ impl Testbed {
             route53: aws_sdk_route53::Client::new(&sdk),
             sns: aws_sdk_sns::Client::new(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
+            autoscaling: aws_sdk_autoscaling::Client::new(&sdk),
             region: region.to_string(),
             sdk,
             moto,
@@ -154,6 +161,85 @@ impl Testbed {
         anyhow::ensure!(!zones.is_empty(), "a fleet needs at least one zone");
         let launches = (0..n).map(|i| self.launch_instance(zones[i % zones.len()], None));
         futures_util::future::try_join_all(launches).await
+    }
+
+    /// An Auto Scaling group `name` in `zone`, empty (minimum and desired
+    /// capacity 0, at most 10): instances join it with [`Testbed::join_group`].
+    pub async fn create_group(&self, name: &str, zone: &str) -> Result<()> {
+        self.autoscaling
+            .create_launch_configuration()
+            .launch_configuration_name(name)
+            .image_id("ami-03cf127a")
+            .instance_type("t3.micro")
+            .send()
+            .await
+            .context("CreateLaunchConfiguration")?;
+        self.autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .launch_configuration_name(name)
+            .availability_zones(self.zone(zone))
+            .min_size(0)
+            .max_size(10)
+            .desired_capacity(0)
+            .send()
+            .await
+            .context("CreateAutoScalingGroup")?;
+        Ok(())
+    }
+
+    /// A lifecycle hook on `group`: `transition` is [`LAUNCHING`] or
+    /// [`TERMINATING`]; `heartbeat` its heartbeat timeout in seconds (the
+    /// double takes less than AWS's 30, so that tests scale time down).
+    pub async fn put_lifecycle_hook(
+        &self,
+        group: &str,
+        hook: &str,
+        transition: &str,
+        heartbeat: i32,
+        default_result: &str,
+    ) -> Result<()> {
+        self.autoscaling
+            .put_lifecycle_hook()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .lifecycle_transition(transition)
+            .heartbeat_timeout(heartbeat)
+            .default_result(default_result)
+            .send()
+            .await
+            .context("PutLifecycleHook")?;
+        Ok(())
+    }
+
+    /// `instance` joins `group` (AttachInstances), and its IMDS's target
+    /// lifecycle state follows the group from now on.
+    pub async fn join_group(&self, group: &str, instance: &SimInstance) -> Result<()> {
+        self.autoscaling
+            .attach_instances()
+            .auto_scaling_group_name(group)
+            .instance_ids(&instance.meta.instance_id)
+            .send()
+            .await
+            .context("AttachInstances")?;
+        instance.imds.follow_group(&self.moto.url);
+        Ok(())
+    }
+
+    /// The instance's `LifecycleState` in its group, `None` when in none.
+    pub async fn lifecycle_state(&self, instance_id: &str) -> Result<Option<String>> {
+        let out = self
+            .autoscaling
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .context("DescribeAutoScalingInstances")?;
+        Ok(out
+            .auto_scaling_instances()
+            .first()
+            .and_then(|i| i.lifecycle_state())
+            .map(String::from))
     }
 
     /// A full zone name from a letter.

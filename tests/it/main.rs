@@ -17,4 +17,5 @@ mod notify;
 mod policy;
 mod pools;
 mod run;
+mod scaling;
 mod units;
