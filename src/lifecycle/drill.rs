@@ -122,9 +122,13 @@ async fn run(
     let on_ec2 = matches!(read, Ok(Ok(_)));
     let facts = match read {
         Ok(Ok(f)) => f,
-        _ => {
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer within 5s".to_string(),
+            };
             println!(
-                "(no instance metadata at {}: macros use stand-in values)",
+                "(no instance metadata at {} ({why}): macros use stand-in values)",
                 imds.endpoint()
             );
             InstanceFacts {

@@ -1132,23 +1132,6 @@ fn a_wrong_command_line_exits_2_with_the_usage() {
     }
 }
 
-/// `ec2fleetd ARGS…` with `env`: (exit code, stdout, stderr).
-fn ec2fleetd_with(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let out = std::process::Command::new(daemon_bin())
-        .args(args)
-        .env_remove("AWS_REGION")
-        .env_remove("AWS_DEFAULT_REGION")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// cli.md, environment: "`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`
 /// | other endpoints" and "`EC2FLEETD_LOG` | log filter, e.g. `debug`
 /// (default `info`)".
@@ -1284,7 +1267,8 @@ async fn drill_and_policy_send_nothing_to_aws() {
     let hooks = json_config(
         dir.path(),
         "hooks",
-        json!({ "domains": { "app": { "exec": [{ "on": ["started"], "lines": [{ "argv": ["/bin/true"] }] }] } } }),
+        json!({ "auto-scaling": false,
+                "domains": { "app": { "exec": [{ "on": ["started"], "lines": [{ "argv": ["/bin/true"] }] }] } } }),
     );
     let hooks = hooks.display().to_string();
     let (code, out, err) = ec2fleetd_with(&["policy", "--config", &hooks], &env);

@@ -186,3 +186,20 @@ where
 pub fn json_config(dir: &Path, name: &str, config: serde_json::Value) -> PathBuf {
     write_config(dir, &format!("{name}.jsonc"), &config.to_string())
 }
+
+/// `ec2fleetd ARGS…` with `env`: (exit code, stdout, stderr).
+pub fn ec2fleetd_with(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let out = std::process::Command::new(daemon_bin())
+        .args(args)
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -972,3 +972,145 @@ async fn a_snapshot_holds_the_data_of_its_call() {
     let device = wait_device(second.root.path(), &restored.replace('-', "")).await;
     assert!(std::fs::read(&device).unwrap().starts_with(b"day one"));
 }
+
+// ------------------------------------------------ Auto Scaling lifecycle
+
+/// An instance's `LifecycleState` in its group, or "none".
+async fn lifecycle_state(tb: &Testbed, instance: &str) -> String {
+    tb.lifecycle_state(instance)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| "none".into())
+}
+
+async fn ec2_state(tb: &Testbed, instance: &str) -> String {
+    tb.ec2
+        .describe_instances()
+        .instance_ids(instance)
+        .send()
+        .await
+        .unwrap()
+        .reservations()[0]
+        .instances()[0]
+        .state()
+        .and_then(|s| s.name())
+        .map_or("unknown".into(), |n| n.as_str().to_string())
+}
+
+async fn complete(tb: &Testbed, group: &str, hook: &str, instance: &str, result: &str) -> String {
+    outcome(
+        tb.autoscaling
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .instance_id(instance)
+            .lifecycle_action_result(result)
+            .send()
+            .await,
+    )
+}
+
+/// What each lifecycle rule answers on this server (heartbeat timeouts of
+/// one and two seconds: the double takes less than AWS's 30).
+async fn lifecycle_answers(tb: &Testbed) -> Vec<(&'static str, String)> {
+    use ec2fleetd_testbed::world::{LAUNCHING, TERMINATING};
+    tb.create_group("g", "a").await.unwrap();
+    tb.put_lifecycle_hook("g", "warm-up", LAUNCHING, 2, "CONTINUE")
+        .await
+        .unwrap();
+    tb.put_lifecycle_hook("g", "drain", TERMINATING, 2, "ABANDON")
+        .await
+        .unwrap();
+    tb.create_group("strict", "a").await.unwrap();
+    tb.put_lifecycle_hook("strict", "warm-up", LAUNCHING, 1, "ABANDON")
+        .await
+        .unwrap();
+    let first = tb.launch_instance("a", None).await.unwrap();
+    let late = tb.launch_instance("a", None).await.unwrap();
+    let (i1, i2) = (&first.meta.instance_id, &late.meta.instance_id);
+    tb.join_group("g", &first).await.unwrap();
+    tb.join_group("strict", &late).await.unwrap();
+    let joined = lifecycle_state(tb, i1).await;
+    // Three seconds of heartbeats, one a second, against a two-second timeout.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = tb
+            .autoscaling
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name("g")
+            .lifecycle_hook_name("warm-up")
+            .instance_id(i1)
+            .send()
+            .await;
+    }
+    let after_heartbeats = lifecycle_state(tb, i1).await;
+    let bad_result = complete(tb, "g", "warm-up", i1, "MAYBE").await;
+    let completed = complete(tb, "g", "warm-up", i1, "CONTINUE").await;
+    let twice = complete(tb, "g", "warm-up", i1, "CONTINUE").await;
+    // The other instance's launch timed out meanwhile, with ABANDON.
+    let timed_out = ec2_state(tb, i2).await;
+    tb.autoscaling
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(i1)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .unwrap();
+    let terminating = lifecycle_state(tb, i1).await;
+    let completed_termination = complete(tb, "g", "drain", i1, "CONTINUE").await;
+    let left = format!(
+        "{terminating}, then {} ({})",
+        lifecycle_state(tb, i1).await,
+        ec2_state(tb, i1).await
+    );
+    let hooks = tb
+        .autoscaling
+        .describe_lifecycle_hooks()
+        .auto_scaling_group_name("g")
+        .lifecycle_hook_names("drain")
+        .send()
+        .await
+        .unwrap();
+    let global = hooks.lifecycle_hooks()[0]
+        .global_timeout()
+        .unwrap_or_default()
+        .to_string();
+    vec![
+        ("a launch waits for its hook", joined),
+        ("heartbeats keep it waiting", after_heartbeats),
+        ("a result other than CONTINUE or ABANDON", bad_result),
+        ("completing a waiting action", completed),
+        ("completing twice", twice),
+        ("a timeout completes with the default result", timed_out),
+        ("a termination waits for its hook", left),
+        ("completing the termination", completed_termination),
+        ("the global timeout is 100 heartbeat timeouts", global),
+    ]
+}
+
+#[tokio::test]
+async fn lifecycle_rules() {
+    let (double, bare) = tokio::join!(Testbed::start(REGION), Testbed::start_bare(REGION));
+    let (double, bare) = (double.unwrap(), bare.unwrap());
+    let (on_double, on_bare) = tokio::join!(lifecycle_answers(&double), lifecycle_answers(&bare));
+    let expected = [
+        "Pending:Wait",
+        "Pending:Wait",
+        "ValidationError",
+        "ok",
+        "ValidationError",
+        "terminated",
+        "Terminating:Wait, then none (terminated)",
+        "ok",
+        "200",
+    ];
+    println!("on bare moto: {on_bare:#?}");
+    assert_eq!(on_double.len(), expected.len(), "a rule without its answer");
+    for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
+        assert_eq!(got, expected, "double, {rule}");
+        assert_ne!(
+            bare_got, expected,
+            "bare moto already enforces {rule}: the test shows nothing"
+        );
+    }
+}

@@ -26,8 +26,12 @@ fn ec2fleetd(args: &[&str]) -> (i32, String, String) {
 }
 
 fn policy_for(config: &std::path::Path) -> Value {
+    policy_with(config, &[])
+}
+
+fn policy_with(config: &std::path::Path, extra: &[&str]) -> Value {
     let path = config.display().to_string();
-    let (code, out, err) = ec2fleetd(&[
+    let mut args = vec![
         "policy",
         "--config",
         &path,
@@ -35,9 +39,18 @@ fn policy_for(config: &std::path::Path) -> Value {
         REGION,
         "--account",
         ACCOUNT,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = ec2fleetd(&args);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap()
+}
+
+/// An Auto Scaling group's ARN, as IAM sees it (the group's ID made up).
+fn group_arn(name: &str) -> String {
+    format!(
+        "arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:6d2a-4f1e-b0c9:autoScalingGroupName/{name}"
+    )
 }
 
 // ------------------------------------------------------- the evaluator
@@ -328,6 +341,15 @@ fn request_of(call: &Call, tags: &mut VolumeTags) -> Vec<Request> {
                 vec![(format!("arn:aws:route53:::change/{id}"), none())],
             )]
         }
+        ("autoscaling", a @ ("DescribeAutoScalingInstances" | "DescribeLifecycleHooks")) => {
+            vec![one(&format!("autoscaling:{a}"), vec![("*".into(), none())])]
+        }
+        ("autoscaling", a @ ("CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat")) => {
+            vec![one(
+                &format!("autoscaling:{a}"),
+                vec![(group_arn(param(call, "AutoScalingGroupName")), none())],
+            )]
+        }
         ("sns", "Publish") => vec![one(
             "sns:Publish",
             vec![(param(call, "TopicArn").to_string(), none())],
@@ -598,6 +620,85 @@ async fn the_policy_allows_what_a_dataset_does() {
             "{action} never called: {called:?}"
         );
     }
+}
+
+/// A group with a launch and a termination hook: the look, the launch's
+/// completion, the heartbeats and the termination's completion are all
+/// allowed by `policy --group game`, and not by a policy for another group.
+#[tokio::test]
+async fn the_policy_allows_the_lifecycle_hooks_of_its_group() {
+    use ec2fleetd_testbed::world::{LAUNCHING, TERMINATING};
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    tb.create_group("game", "a").await.unwrap();
+    tb.put_lifecycle_hook("game", "warm-up", LAUNCHING, 30, "ABANDON")
+        .await
+        .unwrap();
+    tb.put_lifecycle_hook("game", "drain", TERMINATING, 1, "ABANDON")
+        .await
+        .unwrap();
+    tb.join_group("game", &instance).await.unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "game.jsonc",
+        r#"{ "domains": { "game": { "exec": [{ "on": ["terminating"], "lines": [
+            { "argv": ["/bin/sleep", "2"] }] }] } } }"#,
+    );
+    double.clear_calls().await.unwrap();
+    let mut d = spawn_run(&tb, &instance, &config);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    until("the launch completed", || async {
+        d.log().contains("lifecycle hook warm-up: completed")
+    })
+    .await;
+    tb.autoscaling
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(&instance.meta.instance_id)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+    let calls: Vec<Call> = double
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.action != "TerminateInstanceInAutoScalingGroup")
+        .collect();
+    let policy = policy_with(&config, &["--group", "game"]);
+    let mut called = assert_allowed(&policy, &calls, VolumeTags::default());
+    called.sort();
+    assert_eq!(
+        called,
+        [
+            "autoscaling:CompleteLifecycleAction",
+            "autoscaling:DescribeAutoScalingInstances",
+            "autoscaling:DescribeLifecycleHooks",
+            "autoscaling:RecordLifecycleActionHeartbeat",
+        ]
+    );
+    let other = policy_with(&config, &["--group", "other-*"]);
+    let refused: Vec<String> = calls
+        .iter()
+        .filter(|c| c.outcome == "answered")
+        .flat_map(|c| request_of(c, &mut VolumeTags::default()))
+        .flat_map(|r| denied(&other, &r))
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.starts_with("autoscaling:CompleteLifecycleAction")),
+        "{refused:?}"
+    );
+    assert!(
+        !refused
+            .iter()
+            .any(|r| r.starts_with("autoscaling:Describe")),
+        "{refused:?}"
+    );
 }
 
 #[test]

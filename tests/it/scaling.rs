@@ -469,3 +469,95 @@ async fn a_spot_notice_during_a_termination_moves_the_deadline_up() {
     assert_eq!(all[0].result.as_deref(), Some("ABANDON"), "{log}");
     assert_eq!(all[0].how.as_deref(), Some("completed"), "{log}");
 }
+
+/// `ec2fleetd ARGS…` off the test's runtime, which serves the IMDS emulator.
+async fn ec2fleetd_async(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env = env.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ec2fleetd_with(&args, &env)
+    })
+    .await
+    .unwrap()
+}
+
+/// `drill --event terminating` on an instance whose group has a
+/// termination hook: the hook's time is the budget, the hooks are timed
+/// against it, and only reads are sent to AWS; in no group, 120 s. The
+/// default drill names the budget a termination would give.
+#[tokio::test]
+async fn drill_reports_the_termination_budget() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    tb.create_group(GROUP, "a").await.unwrap();
+    // Global timeout: 100 heartbeat timeouts.
+    tb.put_lifecycle_hook(GROUP, "drain", TERMINATING, 6, "CONTINUE")
+        .await
+        .unwrap();
+    tb.join_group(GROUP, &instance).await.unwrap();
+    let dir = tempdir();
+    let config = json_config(
+        dir.path(),
+        "game",
+        json!({ "domains": { "game": { "exec": [
+            { "on": ["terminating"], "lines": [{ "argv": ["/bin/echo", "saving"] }] },
+            { "on": ["interrupted"], "lines": [{ "argv": ["/bin/true"] }] }] } } }),
+    );
+    let config = config.display().to_string();
+    let env = tb.daemon_env(&instance);
+    double.clear_calls().await.unwrap();
+    let (code, out, err) = ec2fleetd_async(
+        &["drill", "--config", &config, "--event", "terminating"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "the group game's termination lifecycle hook drain (heartbeat timeout 6s, at most 600s"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("the instance goes in 600s; hooks get 590s"),
+        "{out}"
+    );
+    assert!(out.contains("fits: the slowest domain"), "{out}");
+    assert!(
+        err.contains("saving"),
+        "the terminating hook did not run: {err}"
+    );
+
+    let (code, out, err) = ec2fleetd_async(&["drill", "--config", &config], &env).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("an Auto Scaling termination would give the terminating hooks 590s"),
+        "{out}"
+    );
+    let calls: Vec<String> = double
+        .calls()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.action)
+        .collect();
+    assert!(!calls.is_empty());
+    assert!(
+        calls.iter().all(|a| a.starts_with("Describe")),
+        "the drill changed something: {calls:?}"
+    );
+
+    let alone = tb.launch_instance("a", None).await.unwrap();
+    let (code, out, err) = ec2fleetd_async(
+        &["drill", "--config", &config, "--event", "terminating"],
+        &tb.daemon_env(&alone),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Auto Scaling will not wait: this instance is in no Auto Scaling group): the instance goes in 120s; hooks get 110s"),
+        "{out}"
+    );
+}
