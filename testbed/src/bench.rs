@@ -92,7 +92,10 @@ pub async fn run(opts: &Options) -> Result<()> {
             "cold" => cold(opts).await?,
             "fleet" => fleet(opts).await?,
             "move" => moves(opts).await?,
-            other => bail!("unknown scenario {other:?} (init, reaction, idle, cold, fleet, move)"),
+            "scale-in" => scale_in(opts).await?,
+            other => bail!(
+                "unknown scenario {other:?} (init, reaction, idle, cold, fleet, move, scale-in)"
+            ),
         }
     }
     Ok(())
@@ -706,6 +709,131 @@ async fn moves(opts: &Options) -> Result<()> {
     }
     println!();
     Ok(())
+}
+
+// ------------------------------------------------------------ 7. scale-in
+
+/// A scale-in with a termination lifecycle hook: from the end of the
+/// `terminating` hook to the completed lifecycle action (the releases and
+/// notifications come between), and from TerminateInstanceInAutoScalingGroup
+/// to the instance let go.
+async fn scale_in(opts: &Options) -> Result<()> {
+    let Some(Subject::Rust { bin }) = opts.subjects.first() else {
+        bail!("the scale-in scenario runs ec2fleetd only");
+    };
+    println!(
+        "## 7. Scale-in with a termination lifecycle hook
+"
+    );
+    println!(
+        "An instance in an Auto Scaling group with a termination hook (heartbeat timeout 300 s) \
+         holding a pool volume (`detach-on`), a Route53 record (`delete-on`) and an SQS \
+         notification; TerminateInstanceInAutoScalingGroup, a `terminating` hook of 1 s. From \
+         the hook's end (its own clock) to the action's completion as the double records it, \
+         and from the scale-in call to the completion; {} runs each, the double adding the \
+         latency given to every AWS call.\n",
+        opts.runs
+    );
+    println!(
+        "| AWS latency | hook end → completed | scale-in → completed | if nobody completes it |"
+    );
+    println!("|---|---|---|---|");
+    for latency_ms in [0, 100] {
+        let (mut after_hook, mut whole) = (Vec::new(), Vec::new());
+        for _ in 0..opts.runs {
+            let tb = Testbed::start(REGION).await?;
+            let double = tb
+                .double
+                .clone()
+                .context("the bench needs the AWS double")?;
+            let zone = tb.create_hosted_zone("example.net").await?;
+            let queue = tb.create_queue("events").await?;
+            tb.create_pool_volume("a", "game", "worlds").await?;
+            tb.create_group("game", "a").await?;
+            tb.put_lifecycle_hook("game", "drain", crate::world::TERMINATING, 300, "CONTINUE")
+                .await?;
+            let instance = tb.launch_instance("a", None).await?;
+            tb.join_group("game", &instance).await?;
+            let dir = tempfile::tempdir()?;
+            let ended = dir.path().join("ended");
+            let config = write(
+                dir.path(),
+                "game.jsonc",
+                &json!({ "domains": { "game": {
+                    "attach-volume": [{ "device": "/dev/xvdf", "source": "p", "pool-name": "worlds",
+                                        "detach-on": ["terminating"] }],
+                    "update-route53": [{ "hostedzone": zone, "name": "play.example.net",
+                                         "delete-on": ["terminating"] }],
+                    "exec": [{ "on": ["terminating"], "lines": [{ "argv": ["/bin/sh", "-c",
+                        format!("sleep 1; date +%s.%N > {}", ended.display())] }] }],
+                    "notify": [{ "backend": "aws-sqs", "options": { "queue-url": queue } }] } } })
+                .to_string(),
+            )?;
+            double
+                .configure(json!({ "latency_ms": latency_ms }))
+                .await?;
+            let mut d = DaemonProcess::spawn_with(
+                bin,
+                &[
+                    "run",
+                    "--config",
+                    &config.display().to_string(),
+                    "--keep-hostname",
+                ],
+                &tb.daemon_env(&instance),
+                false,
+                false,
+            )?;
+            d.wait_ready(UP_TIMEOUT).await?;
+            // The look at start has seen the group.
+            while !d.log().contains("Auto Scaling group game") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let asked = unix_now();
+            tb.autoscaling
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(&instance.meta.instance_id)
+                .should_decrement_desired_capacity(true)
+                .send()
+                .await?;
+            let code = d.wait_exit(Duration::from_secs(120)).await?;
+            if code != 0 {
+                bail!("exit {code}; log:\n{}", d.log());
+            }
+            let hook_end: f64 = std::fs::read_to_string(&ended)?.trim().parse()?;
+            let completed = double
+                .lifecycle_actions()
+                .await?
+                .into_iter()
+                .find(|a| a.how.as_deref() == Some("completed"))
+                .and_then(|a| a.ended)
+                .with_context(|| format!("the action was not completed; log:\n{}", d.log()))?;
+            after_hook.push(completed - hook_end);
+            whole.push(completed - asked);
+        }
+        let cell = |v: Vec<f64>| {
+            let s = Stats::of(v);
+            format!(
+                "{:.0} ms ({:.0}–{:.0})",
+                s.median() * 1000.0,
+                s.min() * 1000.0,
+                s.max() * 1000.0
+            )
+        };
+        println!(
+            "| {latency_ms} ms | {} | {} | 300 s (the heartbeat timeout) |",
+            cell(after_hook),
+            cell(whole)
+        );
+    }
+    println!();
+    Ok(())
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 // -------------------------------------------------------------- 5. fleet
