@@ -561,3 +561,52 @@ async fn drill_reports_the_termination_budget() {
         "{out}"
     );
 }
+
+/// A heartbeat refused for good (here AccessDenied) brings the deadline up
+/// to the moment Auto Scaling stops waiting: the hooks are cut by it, and
+/// the action is still completed (ABANDON: a hook was cut).
+#[tokio::test]
+async fn a_refused_heartbeat_brings_the_deadline_up() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    tb.create_group(GROUP, "a").await.unwrap();
+    tb.put_lifecycle_hook(GROUP, "drain", TERMINATING, 3, "ABANDON")
+        .await
+        .unwrap();
+    tb.join_group(GROUP, &instance).await.unwrap();
+    tb.double
+        .as_ref()
+        .unwrap()
+        .configure(json!({ "fail_next": { "RecordLifecycleActionHeartbeat":
+            { "count": 1, "status": 400, "code": "AccessDenied" } } }))
+        .await
+        .unwrap();
+    let dir = tempdir();
+    let config = json_config(
+        dir.path(),
+        "game",
+        json!({ "domains": { "game": { "exec": [{ "on": ["terminating"], "lines": [
+            { "argv": ["/bin/sleep", "30"] }] }] } } }),
+    );
+    let mut d = spawn_run_with(&tb, &instance, &config, &["--shutdown-reserve", "1"]);
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    until("the look", || async {
+        d.log().contains("Auto Scaling group game")
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    terminate_in_group(&tb.autoscaling, &instance.meta.instance_id).await;
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+    let log = d.log();
+    // Cut near the three-second timeout, not after the 300 s global one.
+    assert!(asked.elapsed() < Duration::from_secs(15), "{log}");
+    assert!(log.contains("heartbeat refused (AccessDenied"), "{log}");
+    assert!(
+        log.contains("the deadline moves up to the lifecycle action's timeout"),
+        "{log}"
+    );
+    let all = actions(&tb).await;
+    assert_eq!(all[0].heartbeats, 0, "{all:?}");
+    assert_eq!(all[0].how.as_deref(), Some("completed"), "{log}");
+    assert_eq!(all[0].result.as_deref(), Some("ABANDON"), "{log}");
+}
