@@ -1045,6 +1045,16 @@ async fn lifecycle_answers(tb: &Testbed) -> Vec<(&'static str, String)> {
     }
     let after_heartbeats = lifecycle_state(tb, i1).await;
     let bad_result = complete(tb, "g", "warm-up", i1, "MAYBE").await;
+    let unknown_hook = complete(tb, "g", "no-such-hook", i1, "CONTINUE").await;
+    let loner = tb.launch_instance("a", None).await.unwrap();
+    let not_in_a_group = outcome(
+        tb.autoscaling
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(&loner.meta.instance_id)
+            .should_decrement_desired_capacity(false)
+            .send()
+            .await,
+    );
     let completed = complete(tb, "g", "warm-up", i1, "CONTINUE").await;
     let twice = complete(tb, "g", "warm-up", i1, "CONTINUE").await;
     // The other instance's launch timed out meanwhile, with ABANDON.
@@ -1079,6 +1089,8 @@ async fn lifecycle_answers(tb: &Testbed) -> Vec<(&'static str, String)> {
         ("a launch waits for its hook", joined),
         ("heartbeats keep it waiting", after_heartbeats),
         ("a result other than CONTINUE or ABANDON", bad_result),
+        ("a hook the group does not have", unknown_hook),
+        ("terminating an instance in no group", not_in_a_group),
         ("completing a waiting action", completed),
         ("completing twice", twice),
         ("a timeout completes with the default result", timed_out),
@@ -1097,6 +1109,8 @@ async fn lifecycle_rules() {
         "Pending:Wait",
         "Pending:Wait",
         "ValidationError",
+        "ValidationError",
+        "ValidationError",
         "ok",
         "ValidationError",
         "terminated",
@@ -1104,7 +1118,6 @@ async fn lifecycle_rules() {
         "ok",
         "200",
     ];
-    println!("on bare moto: {on_bare:#?}");
     assert_eq!(on_double.len(), expected.len(), "a rule without its answer");
     for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
         assert_eq!(got, expected, "double, {rule}");
