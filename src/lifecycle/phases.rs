@@ -501,7 +501,10 @@ impl Daemon {
         };
         let action = match state {
             State::Terminating => found.termination(),
-            State::Failed => found.launch(),
+            // Only a launch still waiting (not one a restarted daemon sees).
+            State::Failed => found
+                .launch()
+                .filter(|(group, _)| group.state.ends_with("Pending:Wait")),
             _ => None,
         };
         let deadline = match &step.observation {
