@@ -242,6 +242,23 @@ impl Testbed {
             .map(String::from))
     }
 
+    /// An instance's EC2 state (`running`, `terminated`, …).
+    pub async fn instance_state(&self, instance_id: &str) -> Result<String> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .context("DescribeInstances")?;
+        Ok(out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.state().and_then(|s| s.name()))
+            .map_or("unknown".into(), |n| n.as_str().to_string()))
+    }
+
     /// A full zone name from a letter.
     pub fn zone(&self, zone: &str) -> String {
         if zone.len() == 1 {

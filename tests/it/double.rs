@@ -43,6 +43,18 @@ async fn instance(tb: &Testbed, zone: &str) -> String {
         .clone()
 }
 
+/// Each rule answers as `expected` on the double and otherwise on bare moto.
+fn assert_rules(on_double: &[(&str, String)], on_bare: &[(&str, String)], expected: &[&str]) {
+    assert_eq!(on_double.len(), expected.len(), "a rule without its answer");
+    for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(on_bare) {
+        assert_eq!(got, expected, "double, {rule}");
+        assert_ne!(
+            bare_got, expected,
+            "bare moto already enforces {rule}: the test shows nothing"
+        );
+    }
+}
+
 /// What each EBS rule answers on this server.
 async fn ebs_answers(tb: &Testbed) -> Vec<(&'static str, String)> {
     let a1 = instance(tb, "a").await;
@@ -115,14 +127,7 @@ async fn ebs_rules() {
         "InvalidParameterValue",
         "InvalidParameterValue",
     ];
-    assert_eq!(on_double.len(), expected.len(), "a rule without its answer");
-    for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
-        assert_eq!(got, expected, "double, {rule}");
-        assert_ne!(
-            bare_got, expected,
-            "bare moto already enforces {rule}: the test shows nothing"
-        );
-    }
+    assert_rules(&on_double, &on_bare, &expected);
 }
 
 /// (volume state while creating, attachment state right after AttachVolume,
@@ -366,14 +371,7 @@ async fn route53_rules() {
         "InvalidChangeBatch",
         "InvalidChangeBatch",
     ];
-    assert_eq!(on_double.len(), expected.len(), "a rule without its answer");
-    for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
-        assert_eq!(got, expected, "double, {rule}");
-        assert_ne!(
-            bare_got, expected,
-            "bare moto already enforces {rule}: the test shows nothing"
-        );
-    }
+    assert_rules(&on_double, &on_bare, &expected);
 }
 
 /// A DELETE of a set's exact values and a CREATE of its new ones, in one
@@ -919,14 +917,7 @@ async fn snapshot_rules() {
         "true",
         "5 true",
     ];
-    assert_eq!(on_double.len(), expected.len(), "a rule without its answer");
-    for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
-        assert_eq!(got, expected, "double, {rule}");
-        assert_ne!(
-            bare_got, expected,
-            "bare moto already enforces {rule}: the test shows nothing"
-        );
-    }
+    assert_rules(&on_double, &on_bare, &expected);
 }
 
 /// A snapshot holds the volume's data as it was at the CreateSnapshot
@@ -984,17 +975,7 @@ async fn lifecycle_state(tb: &Testbed, instance: &str) -> String {
 }
 
 async fn ec2_state(tb: &Testbed, instance: &str) -> String {
-    tb.ec2
-        .describe_instances()
-        .instance_ids(instance)
-        .send()
-        .await
-        .unwrap()
-        .reservations()[0]
-        .instances()[0]
-        .state()
-        .and_then(|s| s.name())
-        .map_or("unknown".into(), |n| n.as_str().to_string())
+    tb.instance_state(instance).await.unwrap()
 }
 
 async fn complete(tb: &Testbed, group: &str, hook: &str, instance: &str, result: &str) -> String {
@@ -1118,12 +1099,5 @@ async fn lifecycle_rules() {
         "ok",
         "200",
     ];
-    assert_eq!(on_double.len(), expected.len(), "a rule without its answer");
-    for (((rule, got), expected), (_, bare_got)) in on_double.iter().zip(expected).zip(&on_bare) {
-        assert_eq!(got, expected, "double, {rule}");
-        assert_ne!(
-            bare_got, expected,
-            "bare moto already enforces {rule}: the test shows nothing"
-        );
-    }
+    assert_rules(&on_double, &on_bare, &expected);
 }

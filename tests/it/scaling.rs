@@ -96,13 +96,21 @@ async fn autoscaling_calls(tb: &Testbed) -> Vec<String> {
         .collect()
 }
 
-/// A group with a termination hook (heartbeat timeout 2 s), `instance` in it.
-async fn group_with_termination_hook(tb: &Testbed, instance: &SimInstance) {
+/// An instance in zone a, in the group `GROUP` with one lifecycle hook.
+async fn in_group_with_hook(
+    tb: &Testbed,
+    hook: &str,
+    transition: &str,
+    heartbeat: i32,
+    default_result: &str,
+) -> SimInstance {
+    let instance = tb.launch_instance("a", None).await.unwrap();
     tb.create_group(GROUP, "a").await.unwrap();
-    tb.put_lifecycle_hook(GROUP, "drain", TERMINATING, 2, "ABANDON")
+    tb.put_lifecycle_hook(GROUP, hook, transition, heartbeat, default_result)
         .await
         .unwrap();
-    tb.join_group(GROUP, instance).await.unwrap();
+    tb.join_group(GROUP, &instance).await.unwrap();
+    instance
 }
 
 /// The budget without a hook is 2 s here; the `terminating` hook takes 5,
@@ -112,8 +120,7 @@ async fn group_with_termination_hook(tb: &Testbed, instance: &SimInstance) {
 #[tokio::test]
 async fn a_scale_in_waits_for_the_terminating_hooks_then_continues() {
     let tb = Testbed::start(REGION).await.unwrap();
-    let instance = tb.launch_instance("a", None).await.unwrap();
-    group_with_termination_hook(&tb, &instance).await;
+    let instance = in_group_with_hook(&tb, "drain", TERMINATING, 2, "ABANDON").await;
     let queue = tb.create_queue("events").await.unwrap();
     let dir = tempdir();
     let done = dir.path().join("drained");
@@ -192,8 +199,7 @@ async fn a_scale_in_waits_for_the_terminating_hooks_then_continues() {
 #[tokio::test]
 async fn a_failing_terminating_hook_abandons() {
     let tb = Testbed::start(REGION).await.unwrap();
-    let instance = tb.launch_instance("a", None).await.unwrap();
-    group_with_termination_hook(&tb, &instance).await;
+    let instance = in_group_with_hook(&tb, "drain", TERMINATING, 2, "ABANDON").await;
     let queue = tb.create_queue("events").await.unwrap();
     let dir = tempdir();
     let config = json_config(
@@ -240,12 +246,7 @@ async fn a_failing_terminating_hook_abandons() {
 #[tokio::test]
 async fn a_launch_hook_is_completed_after_ready() {
     let tb = Testbed::start(REGION).await.unwrap();
-    let instance = tb.launch_instance("a", None).await.unwrap();
-    tb.create_group(GROUP, "a").await.unwrap();
-    tb.put_lifecycle_hook(GROUP, "warm-up", LAUNCHING, 30, "ABANDON")
-        .await
-        .unwrap();
-    tb.join_group(GROUP, &instance).await.unwrap();
+    let instance = in_group_with_hook(&tb, "warm-up", LAUNCHING, 30, "ABANDON").await;
     let id = &instance.meta.instance_id;
     assert_eq!(
         tb.lifecycle_state(id).await.unwrap().as_deref(),
@@ -300,12 +301,7 @@ async fn a_launch_hook_is_completed_after_ready() {
 #[tokio::test]
 async fn a_failed_init_abandons_the_launch() {
     let tb = Testbed::start(REGION).await.unwrap();
-    let instance = tb.launch_instance("a", None).await.unwrap();
-    tb.create_group(GROUP, "a").await.unwrap();
-    tb.put_lifecycle_hook(GROUP, "warm-up", LAUNCHING, 30, "CONTINUE")
-        .await
-        .unwrap();
-    tb.join_group(GROUP, &instance).await.unwrap();
+    let instance = in_group_with_hook(&tb, "warm-up", LAUNCHING, 30, "CONTINUE").await;
     let queue = tb.create_queue("events").await.unwrap();
     let dir = tempdir();
     let config = json_config(
@@ -337,19 +333,10 @@ async fn a_failed_init_abandons_the_launch() {
         "{line}"
     );
     // An abandoned launch ends the instance.
-    let state = tb
-        .ec2
-        .describe_instances()
-        .instance_ids(&instance.meta.instance_id)
-        .send()
-        .await
-        .unwrap()
-        .reservations()[0]
-        .instances()[0]
-        .state()
-        .and_then(|s| s.name())
-        .map(|n| n.as_str().to_string());
-    assert_eq!(state.as_deref(), Some("terminated"));
+    assert_eq!(
+        tb.instance_state(&instance.meta.instance_id).await.unwrap(),
+        "terminated"
+    );
     let events = events(&tb, &queue).await;
     let failed = &event(&events, "failed")["lifecycle_action"];
     assert_eq!(failed["result"], "ABANDON");
@@ -436,12 +423,7 @@ async fn without_a_hook_only_the_look_is_made_and_the_budget_stays() {
 #[tokio::test]
 async fn a_spot_notice_during_a_termination_moves_the_deadline_up() {
     let tb = Testbed::start(REGION).await.unwrap();
-    let instance = tb.launch_instance("a", None).await.unwrap();
-    tb.create_group(GROUP, "a").await.unwrap();
-    tb.put_lifecycle_hook(GROUP, "drain", TERMINATING, 60, "CONTINUE")
-        .await
-        .unwrap();
-    tb.join_group(GROUP, &instance).await.unwrap();
+    let instance = in_group_with_hook(&tb, "drain", TERMINATING, 60, "CONTINUE").await;
     let dir = tempdir();
     let begun = dir.path().join("begun");
     let config = json_config(
@@ -568,12 +550,7 @@ async fn drill_reports_the_termination_budget() {
 #[tokio::test]
 async fn a_refused_heartbeat_brings_the_deadline_up() {
     let tb = Testbed::start(REGION).await.unwrap();
-    let instance = tb.launch_instance("a", None).await.unwrap();
-    tb.create_group(GROUP, "a").await.unwrap();
-    tb.put_lifecycle_hook(GROUP, "drain", TERMINATING, 3, "ABANDON")
-        .await
-        .unwrap();
-    tb.join_group(GROUP, &instance).await.unwrap();
+    let instance = in_group_with_hook(&tb, "drain", TERMINATING, 3, "ABANDON").await;
     tb.double
         .as_ref()
         .unwrap()
