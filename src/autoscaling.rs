@@ -82,8 +82,13 @@ impl Found {
             .and_then(|g| g.termination.as_ref().map(|h| (g, h)))
     }
 
+    /// The group and its launch hook, if the instance waits on it: it was
+    /// in `Pending:Wait` at the look (a daemon restarted later finds it in
+    /// service and leaves the hook alone).
     pub fn launch(&self) -> Option<(&Group, &Hook)> {
-        self.group().and_then(|g| g.launch.as_ref().map(|h| (g, h)))
+        self.group()
+            .filter(|g| g.state.ends_with("Pending:Wait"))
+            .and_then(|g| g.launch.as_ref().map(|h| (g, h)))
     }
 
     /// Why Auto Scaling will not wait for the `terminating` hooks.
@@ -154,6 +159,13 @@ pub async fn look(client: &Client, instance_id: &str, spec: &AutoScalingSpec) ->
                 say(&g.launch),
                 say(&g.termination)
             );
+            if let (Some(hook), None) = (&g.launch, found.launch()) {
+                tracing::info!(
+                    "lifecycle hook {}: not to be completed: the instance is {}, not waiting for it",
+                    hook.name,
+                    g.state
+                );
+            }
         }
         Found::Off | Found::Unknown(_) => {}
     }

@@ -313,7 +313,7 @@ impl Daemon {
                 return;
             };
             let why = "every domain is up";
-            complete_action(&shared, group, hook, true, ActionResult::Continue, why).await;
+            complete_action(&shared, group, hook, ActionResult::Continue, why).await;
         });
         *self.launch_completion.lock().expect("not poisoned") = Some(task);
     }
@@ -501,10 +501,7 @@ impl Daemon {
         };
         let action = match state {
             State::Terminating => found.termination(),
-            // Only a launch still waiting (not one a restarted daemon sees).
-            State::Failed => found
-                .launch()
-                .filter(|(group, _)| group.state.ends_with("Pending:Wait")),
+            State::Failed => found.launch(),
             _ => None,
         };
         let deadline = match &step.observation {
@@ -689,8 +686,7 @@ impl Daemon {
         }
         self.settle_launch_completion().await;
         if let Some((group, hook, result, why)) = &decided {
-            let launch = state == State::Failed;
-            complete_action(&self.shared, group, hook, launch, *result, why).await;
+            complete_action(&self.shared, group, hook, *result, why).await;
         }
         if !failures.is_empty() {
             tracing::warn!("{event}: {} hook(s) failed", failures.len());
@@ -819,18 +815,9 @@ async fn complete_action(
     shared: &super::domain::Shared,
     group: &autoscaling::Group,
     hook: &autoscaling::Hook,
-    launch: bool,
     result: ActionResult,
     why: &str,
 ) {
-    if launch && !group.state.ends_with("Pending:Wait") {
-        tracing::info!(
-            "lifecycle hook {}: not completed: the instance was {} at start, not waiting for it",
-            hook.name,
-            group.state
-        );
-        return;
-    }
     let since = Instant::now();
     let instance = &shared.facts.instance_id;
     match autoscaling::complete(&shared.clients.autoscaling, group, hook, instance, result).await {
