@@ -133,6 +133,10 @@ pub struct Held {
     pub errors: Vec<String>,
     /// Seconds each phase took, for the event.
     pub timings: BTreeMap<String, f64>,
+    /// When each milestone was reached, in seconds since the instance
+    /// booted (volumes, restore, records, started hooks, ready, first
+    /// player), for the event and the status.
+    pub since_boot: BTreeMap<String, f64>,
     /// The `failed` hooks ran (before a rollback): whether they succeeded.
     pub failed_hooks_ok: Option<bool>,
     /// Baton volumes this run won (a dataset's move), to give up on rollback.
@@ -350,6 +354,20 @@ impl Ledger {
     pub fn time(&self, name: &str, seconds: f64) {
         self.lock().timings.insert(name.to_string(), seconds);
     }
+
+    /// Milestone `name` is reached now (the first time counts).
+    pub fn milestone(&self, name: &str) {
+        if let Some(at) = uptime() {
+            self.lock().since_boot.entry(name.to_string()).or_insert(at);
+        }
+    }
+}
+
+/// Seconds since the instance booted (`/proc/uptime`).
+pub fn uptime() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some((secs * 1000.0).round() / 1000.0)
 }
 
 #[cfg(test)]

@@ -25,6 +25,10 @@ pub struct Config {
     pub timeout: Option<Duration>,
     /// `auto-scaling`: the Auto Scaling group's lifecycle hooks.
     pub auto_scaling: AutoScalingSpec,
+    /// `idle`: what an instance without players does, and when.
+    pub idle: Option<IdleSpec>,
+    /// `status`: the status endpoint over HTTP, for a manager elsewhere.
+    pub status: StatusSpec,
     /// In the order they appear in the file.
     pub domains: Vec<Domain>,
 }
@@ -53,6 +57,98 @@ impl Default for AutoScalingSpec {
     }
 }
 
+/// `idle` at the top level: when the instance counts as idle (no player
+/// in any domain with a `players` probe), and what it does then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleSpec {
+    /// `after`: seconds without a player, once one came.
+    pub after: Duration,
+    /// `after-start`: seconds without a player when none ever came since
+    /// ready (default: `after`).
+    pub after_start: Duration,
+    pub action: IdleAction,
+}
+
+/// `idle.action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleAction {
+    /// Run the `idle` hooks and report; the daemon watches on.
+    Notify,
+    /// The `idle` hooks, then the stopping path; the daemon exits.
+    Stop,
+    /// As `stop`, then the instance goes: out of its Auto Scaling group
+    /// with the desired capacity lowered, else the OS is shut down.
+    Terminate,
+}
+
+impl IdleAction {
+    pub const NAMES: [&'static str; 3] = ["notify", "stop", "terminate"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IdleAction::Notify => "notify",
+            IdleAction::Stop => "stop",
+            IdleAction::Terminate => "terminate",
+        }
+    }
+}
+
+/// `status` at the top level: the read-only HTTP endpoint (the unix socket
+/// is always on).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatusSpec {
+    /// `listen`: the address HTTP is served on.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `token-file`: the bearer token every HTTP request must carry.
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// `players` of a domain: how its players are counted.
+#[derive(Debug, Clone)]
+pub struct PlayersSpec {
+    pub probe: Probe,
+    /// `every`: seconds between two probes.
+    pub every: Duration,
+    /// `timeout`: how long one probe may take.
+    pub timeout: Duration,
+    /// `max`: the capacity, when the probe does not tell it (or to cap it).
+    pub max: Option<u32>,
+}
+
+impl PlayersSpec {
+    pub const DEFAULT_EVERY: Duration = Duration::from_secs(15);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+/// `players.probe`, with what it needs.
+#[derive(Debug, Clone)]
+pub enum Probe {
+    /// Minecraft's Server List Ping over TCP at `host:port`.
+    Minecraft(String),
+    /// Valve's A2S_INFO query over UDP at `host:port`.
+    A2s(String),
+    /// Established TCP connections to this port of the instance.
+    Tcp(u16),
+    /// A command printing `{"online": N, "max": M}`.
+    Command(Vec<Template>),
+    /// No probe: the counts come from `PUT /v1/players` on the status socket.
+    Push,
+}
+
+impl Probe {
+    pub const NAMES: [&'static str; 5] = ["minecraft", "a2s", "tcp", "command", "push"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Probe::Minecraft(_) => "minecraft",
+            Probe::A2s(_) => "a2s",
+            Probe::Tcp(_) => "tcp",
+            Probe::Command(_) => "command",
+            Probe::Push => "push",
+        }
+    }
+}
+
 /// One application: its volumes, records, hooks and notifications.
 #[derive(Debug, Clone)]
 pub struct Domain {
@@ -61,6 +157,12 @@ pub struct Domain {
     pub records: Vec<RecordSpec>,
     pub exec: Vec<ExecBlock>,
     pub notify: Vec<NotifySpec>,
+    /// `players`: how players are counted; the domain is ready once a
+    /// count is known.
+    pub players: Option<PlayersSpec>,
+    /// `ready-timeout`: how long after the `started` hooks the first count
+    /// may take before the domain fails.
+    pub ready_timeout: Option<Duration>,
 }
 
 /// One `attach-volume` entry.
@@ -200,6 +302,16 @@ pub enum Event {
     SnapshotBegin,
     /// After a periodic snapshot, taken or not (a volume's blocks only: thaw).
     SnapshotEnd,
+    /// The domain answers: its first players count came (or, without a
+    /// probe, its `started` hooks succeeded).
+    Ready,
+    /// No player for `idle.after` seconds.
+    Idle,
+    /// The instance is being drained: players are told, no new ones come.
+    Draining,
+    /// The instance's state, readiness or free capacity changed
+    /// (notifications only).
+    Status,
 }
 
 /// Every event's name, as the config spells it.
@@ -212,10 +324,14 @@ pub const EVENT_NAMES: &[&str] = &[
     "terminating",
     "rebalance",
     "maintenance",
+    "ready",
+    "idle",
+    "draining",
+    "status",
 ];
 
 impl Event {
-    pub const ALL: [Event; 8] = [
+    pub const ALL: [Event; 12] = [
         Event::Starting,
         Event::Started,
         Event::Failed,
@@ -224,6 +340,10 @@ impl Event {
         Event::Terminating,
         Event::Rebalance,
         Event::Maintenance,
+        Event::Ready,
+        Event::Idle,
+        Event::Draining,
+        Event::Status,
     ];
 
     pub fn name(self) -> &'static str {
@@ -238,6 +358,10 @@ impl Event {
             Event::Maintenance => "maintenance",
             Event::SnapshotBegin => "snapshot-begin",
             Event::SnapshotEnd => "snapshot-end",
+            Event::Ready => "ready",
+            Event::Idle => "idle",
+            Event::Draining => "draining",
+            Event::Status => "status",
         }
     }
 
@@ -308,8 +432,11 @@ pub struct NotifySpec {
     pub subject: Option<Template>,
     /// `envelope.body`; without it, the typed JSON event.
     pub body: Option<Body>,
-    /// Events turned off in `matrix`.
+    /// Events turned off in `matrix` (and `status` for a domain that counts
+    /// no players, unless `matrix` names it).
     pub disabled: Vec<Event>,
+    /// Whether `matrix` names `status`.
+    pub status_chosen: bool,
     /// `options.timeout`: how long one attempt may take.
     pub timeout: Duration,
     /// `options.retries`: attempts after the first, for failures that may pass.
@@ -489,7 +616,10 @@ pub fn known_keys() -> Vec<(&'static str, &'static [&'static str])> {
     vec![
         ("", ROOT_KEYS),
         ("auto-scaling", AUTO_SCALING_KEYS),
+        ("idle", IDLE_KEYS),
+        ("status", STATUS_KEYS),
         ("domain", DOMAIN_KEYS),
+        ("players", PLAYERS_KEYS),
         ("volume", VOLUME_KEYS),
         ("create", CREATE_KEYS),
         ("snapshot", SNAPSHOT_KEYS),

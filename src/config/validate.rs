@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::json::{Json, Member, Node};
 use super::{
     suggest, AddressMode, AutoScalingSpec, Backend, Body, Config, Domain, Event, ExecBlock,
-    ExecLine, ExitCodes, JsonTemplate, NotifySpec, PoolPref, RecordSpec, SnapshotSpec, Template,
-    VolumeSource, VolumeSpec,
+    ExecLine, ExitCodes, IdleAction, IdleSpec, JsonTemplate, NotifySpec, PlayersSpec, PoolPref,
+    Probe, RecordSpec, SnapshotSpec, StatusSpec, Template, VolumeSource, VolumeSpec,
 };
 
 /// A problem with a byte offset; [`super::Config::from_text`] turns it into
@@ -26,10 +26,22 @@ pub const ROOT_KEYS: &[&str] = &[
     "set-hostname",
     "timeout",
     "auto-scaling",
+    "idle",
+    "status",
     "domains",
 ];
 pub const AUTO_SCALING_KEYS: &[&str] = &["launch-hook", "termination-hook"];
-pub const DOMAIN_KEYS: &[&str] = &["attach-volume", "update-route53", "exec", "notify"];
+pub const DOMAIN_KEYS: &[&str] = &[
+    "attach-volume",
+    "update-route53",
+    "exec",
+    "notify",
+    "players",
+    "ready-timeout",
+];
+pub const PLAYERS_KEYS: &[&str] = &["probe", "address", "argv", "every", "timeout", "max"];
+pub const IDLE_KEYS: &[&str] = &["after", "after-start", "action"];
+pub const STATUS_KEYS: &[&str] = &["listen", "token-file"];
 pub const VOLUME_KEYS: &[&str] = &[
     "critical",
     "device",
@@ -301,6 +313,11 @@ impl Validator {
             .get("auto-scaling")
             .and_then(|n| self.auto_scaling(n, "$.auto-scaling"))
             .unwrap_or_default();
+        let idle = obj.get("idle").and_then(|n| self.idle(n, "$.idle"));
+        let status = obj
+            .get("status")
+            .and_then(|n| self.status(n, "$.status"))
+            .unwrap_or_default();
         let mut domains = Vec::new();
         if let Some(n) = self.required(&obj, node, "$", "domains") {
             if let Json::Object(members) = &n.value {
@@ -324,11 +341,236 @@ impl Validator {
                 self.expected(n, "$.domains", "an object of domains by name");
             }
         }
+        if let (Some(n), true) = (obj.get("idle"), idle.is_some()) {
+            if !domains.iter().any(|d: &Domain| d.players.is_some()) {
+                self.problem(
+                    n.at,
+                    "$.idle",
+                    "no domain counts players (\"players\"): the instance would never be idle",
+                );
+            }
+        }
         Some(Config {
             hostname,
             timeout,
             auto_scaling,
+            idle,
+            status,
             domains,
+        })
+    }
+
+    /// `idle`: `after` (required), `after-start`, `action`.
+    fn idle(&mut self, node: &Node, path: &str) -> Option<IdleSpec> {
+        let obj = self.object(node, path, IDLE_KEYS)?;
+        let after = self
+            .required(&obj, node, path, "after")
+            .and_then(|n| self.seconds(n, &key_path(path, "after"), 2_592_000.0));
+        let after_start = obj
+            .get("after-start")
+            .and_then(|n| self.seconds(n, &key_path(path, "after-start"), 2_592_000.0));
+        let action = match obj.get("action") {
+            None => Some(IdleAction::Notify),
+            Some(n) => {
+                let p = key_path(path, "action");
+                let name = self.string(n, &p)?;
+                let action = match name.as_str() {
+                    "notify" => Some(IdleAction::Notify),
+                    "stop" => Some(IdleAction::Stop),
+                    "terminate" => Some(IdleAction::Terminate),
+                    _ => None,
+                };
+                if action.is_none() {
+                    self.one_of(n, &p, &name, &IdleAction::NAMES);
+                }
+                action
+            }
+        };
+        let after = after?;
+        Some(IdleSpec {
+            after,
+            after_start: after_start.unwrap_or(after),
+            action: action?,
+        })
+    }
+
+    /// Reports `name` as not one of `names`, with a suggestion.
+    fn one_of(&mut self, node: &Node, path: &str, name: &str, names: &[&str]) {
+        let msg = match suggest(name, names.iter().copied()) {
+            Some(s) => format!("unknown value {name:?}; did you mean {s:?}?"),
+            None => format!("unknown value {name:?} (expected one of: {})", names.join(", ")),
+        };
+        self.problem(node.at, path, msg);
+    }
+
+    /// `status`: `listen` (an IP address and port) and `token-file`; any
+    /// address but loopback needs the token.
+    fn status(&mut self, node: &Node, path: &str) -> Option<StatusSpec> {
+        let obj = self.object(node, path, STATUS_KEYS)?;
+        let listen = obj.get("listen").and_then(|n| {
+            let p = key_path(path, "listen");
+            let text = self.string(n, &p)?;
+            match text.parse::<std::net::SocketAddr>() {
+                Ok(a) => Some((a, n)),
+                Err(_) => {
+                    self.problem(
+                        n.at,
+                        &p,
+                        format!("{text:?} is not an IP address and port such as \"0.0.0.0:9358\""),
+                    );
+                    None
+                }
+            }
+        });
+        let token_file = obj.get("token-file").and_then(|n| {
+            let p = key_path(path, "token-file");
+            let file = self.string(n, &p)?;
+            if !file.starts_with('/') {
+                self.problem(n.at, &p, format!("{file:?} is not an absolute path"));
+                return None;
+            }
+            Some(std::path::PathBuf::from(file))
+        });
+        if let Some((a, n)) = listen {
+            if token_file.is_none() && !obj.get("token-file").is_some() && !a.ip().is_loopback() {
+                self.problem(
+                    n.at,
+                    &key_path(path, "listen"),
+                    format!(
+                        "{a} is reachable from other hosts: give \"token-file\", or listen on loopback (127.0.0.1)"
+                    ),
+                );
+            }
+        }
+        if obj.get("token-file").is_some() && listen.is_none() && obj.get("listen").is_none() {
+            self.problem(
+                node.at,
+                path,
+                "\"token-file\" without \"listen\": the token guards the HTTP endpoint, give its address",
+            );
+        }
+        Some(StatusSpec {
+            listen: listen.map(|(a, _)| a),
+            token_file,
+        })
+    }
+
+    /// `players`: the probe and how often; `address` for the network
+    /// probes (a default port for Minecraft and A2S), `argv` for `command`.
+    fn players(&mut self, node: &Node, path: &str) -> Option<PlayersSpec> {
+        let obj = self.object(node, path, PLAYERS_KEYS)?;
+        let kind = self
+            .required(&obj, node, path, "probe")
+            .and_then(|n| {
+                let p = key_path(path, "probe");
+                let name = self.string(n, &p)?;
+                if !Probe::NAMES.contains(&name.as_str()) {
+                    self.one_of(n, &p, &name, &Probe::NAMES);
+                    return None;
+                }
+                Some(name)
+            });
+        let address = obj.get("address").and_then(|n| {
+            let p = key_path(path, "address");
+            let text = self.nonempty_string(n, &p)?;
+            let port = text
+                .rsplit_once(':')
+                .filter(|(host, _)| !host.is_empty())
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .filter(|port| *port > 0);
+            if port.is_none() {
+                self.problem(
+                    n.at,
+                    &p,
+                    format!("{text:?} is not a host and port such as \"127.0.0.1:25565\""),
+                );
+                return None;
+            }
+            Some((text, n))
+        });
+        let argv = obj
+            .get("argv")
+            .and_then(|n| self.argv(n, &key_path(path, "argv")));
+        let every = obj
+            .get("every")
+            .and_then(|n| self.seconds(n, &key_path(path, "every"), 86_400.0))
+            .unwrap_or(PlayersSpec::DEFAULT_EVERY);
+        let timeout = obj
+            .get("timeout")
+            .and_then(|n| self.seconds(n, &key_path(path, "timeout"), 3_600.0))
+            .unwrap_or(PlayersSpec::DEFAULT_TIMEOUT);
+        if let Some(n) = obj.get("timeout") {
+            if timeout > every {
+                self.problem(
+                    n.at,
+                    &key_path(path, "timeout"),
+                    "a probe's timeout must not be longer than \"every\"",
+                );
+            }
+        }
+        let max = obj
+            .get("max")
+            .and_then(|n| self.integer(n, &key_path(path, "max"), 0, 1_000_000))
+            .map(|m| m as u32);
+        let kind = kind?;
+        let needs = |what: &str| format!("the {kind:?} probe needs {what:?}");
+        let unused = |what: &str| format!("{what:?} is not used by the {kind:?} probe");
+        let probe = match kind.as_str() {
+            "minecraft" | "a2s" | "tcp" => {
+                if let Some(n) = obj.get("argv") {
+                    self.problem(n.at, &key_path(path, "argv"), unused("argv"));
+                }
+                let default_port = match kind.as_str() {
+                    "minecraft" => Some(25_565),
+                    "a2s" => Some(27_015),
+                    _ => None,
+                };
+                let address = match (address, default_port) {
+                    (Some((a, _)), _) => a,
+                    (None, Some(port)) => format!("127.0.0.1:{port}"),
+                    (None, None) => {
+                        if obj.get("address").is_none() {
+                            self.problem(node.at, path, needs("address"));
+                        }
+                        return None;
+                    }
+                };
+                match kind.as_str() {
+                    "minecraft" => Probe::Minecraft(address),
+                    "a2s" => Probe::A2s(address),
+                    _ => {
+                        let port = address.rsplit_once(':')?.1.parse().ok()?;
+                        Probe::Tcp(port)
+                    }
+                }
+            }
+            "command" => {
+                if let Some((_, n)) = address {
+                    self.problem(n.at, &key_path(path, "address"), unused("address"));
+                }
+                if obj.get("argv").is_none() {
+                    self.problem(node.at, path, needs("argv"));
+                }
+                Probe::Command(argv?)
+            }
+            _ => {
+                for key in ["address", "argv", "every", "timeout"] {
+                    if let Some(n) = obj.get(key) {
+                        self.problem(
+                            n.at,
+                            &key_path(path, key),
+                            format!("{key:?} is not used by \"push\": the counts come from PUT /v1/players"),
+                        );
+                    }
+                }
+                Probe::Push
+            }
+        };
+        Some(PlayersSpec {
+            probe,
+            every,
+            timeout,
+            max,
         })
     }
 
@@ -405,13 +647,37 @@ impl Validator {
                 );
             }
         }
-        let notify = self.list(&obj, path, "notify", Self::notify);
+        for (i, block) in exec.iter().enumerate() {
+            if block.on.iter().flatten().any(|e| *e == Event::Status) {
+                self.problem(
+                    node.at,
+                    &key_path(&index_path(&key_path(path, "exec"), i), "on"),
+                    "\"status\" is a notification only: no hook runs for it",
+                );
+            }
+        }
+        let mut notify = self.list(&obj, path, "notify", Self::notify);
+        let players = obj
+            .get("players")
+            .and_then(|n| self.players(n, &key_path(path, "players")));
+        let ready_timeout = obj
+            .get("ready-timeout")
+            .and_then(|n| self.seconds(n, &key_path(path, "ready-timeout"), 86_400.0));
+        // `status` notifications are for the domains that count players,
+        // unless a matrix says otherwise.
+        for n in &mut notify {
+            if players.is_none() && !n.status_chosen && !n.disabled.contains(&Event::Status) {
+                n.disabled.push(Event::Status);
+            }
+        }
         Some(Domain {
             name: name.to_string(),
             volumes,
             records,
             exec,
             notify,
+            players,
+            ready_timeout,
         })
     }
 
@@ -575,7 +841,7 @@ impl Validator {
         let detach_on = obj
             .get("detach-on")
             .map(|n| {
-                self.final_events(n, &key_path(path, "detach-on"))
+                self.final_events(n, &key_path(path, "detach-on"), false)
                     .unwrap_or_default()
             })
             .unwrap_or_default();
@@ -635,7 +901,7 @@ impl Validator {
         let on = obj
             .get("on")
             .map(|n| {
-                self.final_events(n, &key_path(path, "on"))
+                self.final_events(n, &key_path(path, "on"), false)
                     .unwrap_or_default()
             })
             .unwrap_or_default();
@@ -759,7 +1025,7 @@ impl Validator {
         let delete_on = obj
             .get("delete-on")
             .map(|n| {
-                self.final_events(n, &key_path(path, "delete-on"))
+                self.final_events(n, &key_path(path, "delete-on"), true)
                     .unwrap_or_default()
             })
             .unwrap_or_default();
@@ -820,7 +1086,10 @@ impl Validator {
 
     /// A list of the events that end the daemon (`detach-on`,
     /// `delete-on`): one that does not would never release anything.
-    fn final_events(&mut self, node: &Node, path: &str) -> Option<Vec<Event>> {
+    /// With `idle_ok` (`delete-on`), `idle` too: the records of an idle end
+    /// stay unless it is named.
+    fn final_events(&mut self, node: &Node, path: &str, idle_ok: bool) -> Option<Vec<Event>> {
+        let ends = |e: Event| e.ends_the_daemon() || (idle_ok && e == Event::Idle);
         let events = self.events(node, path)?;
         let items = self.array(node, path)?;
         for (i, item) in items.iter().enumerate() {
@@ -828,10 +1097,10 @@ impl Validator {
                 continue;
             };
             match Event::from_name(name) {
-                Some(e) if !e.ends_the_daemon() => {
+                Some(e) if !ends(e) => {
                     let ending: Vec<&str> = Event::ALL
                         .into_iter()
-                        .filter(|e| e.ends_the_daemon())
+                        .filter(|e| ends(*e))
                         .map(Event::name)
                         .collect();
                     self.problem(
@@ -847,7 +1116,7 @@ impl Validator {
                 _ => {}
             }
         }
-        Some(events.into_iter().filter(|e| e.ends_the_daemon()).collect())
+        Some(events.into_iter().filter(|e| ends(*e)).collect())
     }
 
     /// A list of event names.
@@ -908,6 +1177,43 @@ impl Validator {
         Some(ExecBlock { on, lines: lines? })
     }
 
+    /// An `argv` array: a literal absolute path, then templates.
+    fn argv(&mut self, n: &Node, argv_path: &str) -> Option<Vec<Template>> {
+        let items = self.array(n, argv_path)?;
+        if items.is_empty() {
+            self.problem(
+                n.at,
+                argv_path,
+                "argv needs at least the program's absolute path",
+            );
+            return None;
+        }
+        // Every element is checked, so that one run reports every error.
+        let argv: Vec<Option<Template>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| self.template(item, &index_path(argv_path, i)))
+            .collect();
+        let first = index_path(argv_path, 0);
+        match argv[0].as_ref().map(Template::as_literal) {
+            Some(Some(p)) if p.starts_with('/') => {}
+            Some(Some(p)) => self.problem(
+                items[0].at,
+                &first,
+                format!(
+                    "{p:?} is not an absolute path: hooks run without a shell or PATH search"
+                ),
+            ),
+            Some(None) => self.problem(
+                items[0].at,
+                &first,
+                "argv[0] must be a literal absolute path, without macros",
+            ),
+            None => {}
+        }
+                argv.into_iter().collect::<Option<Vec<_>>>()
+    }
+
     fn exec_line(
         &mut self,
         node: &Node,
@@ -916,41 +1222,9 @@ impl Validator {
     ) -> Option<ExecLine> {
         let obj = self.object(node, path, LINE_KEYS)?;
         let argv_path = key_path(path, "argv");
-        let argv = self.required(&obj, node, path, "argv").and_then(|n| {
-            let items = self.array(n, &argv_path)?;
-            if items.is_empty() {
-                self.problem(
-                    n.at,
-                    &argv_path,
-                    "argv needs at least the program's absolute path",
-                );
-                return None;
-            }
-            // Every element is checked, so that one run reports every error.
-            let argv: Vec<Option<Template>> = items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| self.template(item, &index_path(&argv_path, i)))
-                .collect();
-            let first = index_path(&argv_path, 0);
-            match argv[0].as_ref().map(Template::as_literal) {
-                Some(Some(p)) if p.starts_with('/') => {}
-                Some(Some(p)) => self.problem(
-                    items[0].at,
-                    &first,
-                    format!(
-                        "{p:?} is not an absolute path: hooks run without a shell or PATH search"
-                    ),
-                ),
-                Some(None) => self.problem(
-                    items[0].at,
-                    &first,
-                    "argv[0] must be a literal absolute path, without macros",
-                ),
-                None => {}
-            }
-            argv.into_iter().collect::<Option<Vec<_>>>()
-        });
+        let argv = self
+            .required(&obj, node, path, "argv")
+            .and_then(|n| self.argv(n, &argv_path));
         let ec = match obj.get("ec") {
             Some(n) => self.ec(n, &key_path(path, "ec")),
             None => block_ec,
@@ -1080,6 +1354,7 @@ impl Validator {
             }
         }
         let mut disabled = Vec::new();
+        let mut status_chosen = false;
         if let Some(n) = obj.get("matrix") {
             let p = key_path(path, "matrix");
             let names = Event::ALL.map(Event::name);
@@ -1089,6 +1364,7 @@ impl Validator {
                     let Some(event) = Event::from_name(&member.key) else {
                         continue;
                     };
+                    status_chosen |= event == Event::Status;
                     if let Some(entry) = self.object(&member.node, &ep, MATRIX_ENTRY_KEYS) {
                         let enabled = entry
                             .get("enabled")
@@ -1107,6 +1383,7 @@ impl Validator {
             subject,
             body,
             disabled,
+            status_chosen,
             timeout: timeout?,
             retries: retries?,
         })
