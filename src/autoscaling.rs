@@ -356,3 +356,43 @@ pub fn keep_alive(
         }
     })
 }
+
+/// The group's minimum size and desired capacity now
+/// (`DescribeAutoScalingGroups`).
+pub async fn capacity(client: &Client, group: &str) -> Result<(i32, i32), String> {
+    let out = client
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .map_err(|e| aws::describe(&e))?;
+    let g = out
+        .auto_scaling_groups()
+        .first()
+        .ok_or_else(|| format!("the group {group} is gone"))?;
+    Ok((
+        g.min_size().unwrap_or_default(),
+        g.desired_capacity().unwrap_or_default(),
+    ))
+}
+
+/// Why the group's minimum keeps the instance, if it does: leaving with
+/// the desired capacity lowered needs room above the minimum.
+pub fn kept_by_minimum(min: i32, desired: i32) -> Option<String> {
+    (desired - 1 < min).then(|| {
+        format!("the group's desired capacity {desired} cannot go below its minimum size {min}")
+    })
+}
+
+/// `TerminateInstanceInAutoScalingGroup` with the desired capacity
+/// lowered: Auto Scaling terminates the instance and launches none for it.
+pub async fn leave(client: &Client, instance_id: &str) -> Result<(), String> {
+    client
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(instance_id)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| aws::describe(&e))
+}

@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use ec2fleetd::config::Config;
 use ec2fleetd::lifecycle::{self, ConfigSource, Outcome};
 use ec2fleetd::policy;
+use ec2fleetd::status;
 
 /// EX_CONFIG from sysexits.h: the config is bad.
 const EXIT_CONFIG: u8 = 78;
@@ -102,6 +103,26 @@ enum Command {
         #[arg(long, value_name = "NAME", default_value = "*")]
         group: String,
     },
+    /// Ask the daemons running here (or the one named) how they are: state,
+    /// each domain's phase, players, volumes and records held, the notice.
+    Status {
+        /// Print the status document(s) as JSON (an array without NAME).
+        #[arg(long)]
+        json: bool,
+        /// The daemon's name: `ec2fleetd@NAME`'s (default: every one here).
+        name: Option<String>,
+    },
+    /// Drain a daemon: its `draining` hooks run, it reports `draining`, and
+    /// it is ready to close once no player is left.
+    Drain {
+        /// The daemon's name (default: the only one running here).
+        name: Option<String>,
+    },
+    /// Undo a drain: players may come again.
+    Undrain {
+        /// The daemon's name (default: the only one running here).
+        name: Option<String>,
+    },
     /// Print the completion script for a shell.
     Completions {
         #[arg(value_enum)]
@@ -149,6 +170,9 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Status { json, name } => block_on_exit(status(name, json)),
+        Command::Drain { name } => block_on_exit(control(name, "/v1/drain")),
+        Command::Undrain { name } => block_on_exit(control(name, "/v1/undrain")),
         Command::Manpage => {
             match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -212,6 +236,96 @@ fn block_on(outcome: impl std::future::Future<Output = Outcome>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a client command on a small runtime.
+fn block_on_exit(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The sockets `name` picks: that one, or every one here.
+fn pick_sockets(name: Option<&str>) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let dir = status::runtime_dir();
+    if let Some(name) = name {
+        let socket = dir.join(format!("{name}.sock"));
+        if !socket.exists() {
+            anyhow::bail!(
+                "no ec2fleetd named {name:?} runs here ({} does not exist)",
+                socket.display()
+            );
+        }
+        return Ok(vec![(name.to_string(), socket)]);
+    }
+    let found = status::client::sockets(&dir)?;
+    if found.is_empty() {
+        anyhow::bail!("no ec2fleetd runs here (no socket in {})", dir.display());
+    }
+    Ok(found)
+}
+
+async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
+    let sockets = pick_sockets(name.as_deref())?;
+    let mut documents = Vec::new();
+    for (name, socket) in &sockets {
+        let (code, doc) =
+            status::client::request(socket, hyper::Method::GET, "/v1/status", None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e:#}"))?;
+        if code != 200 {
+            anyhow::bail!("{name}: HTTP {code}: {}", doc["error"]);
+        }
+        documents.push(doc);
+    }
+    if json {
+        let out = match (name, documents.as_slice()) {
+            (Some(_), [one]) => one.clone(),
+            _ => serde_json::Value::Array(documents),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for doc in &documents {
+            print!("{}", status::client::human(doc));
+        }
+    }
+    Ok(())
+}
+
+async fn control(name: Option<String>, path: &str) -> anyhow::Result<()> {
+    let sockets = pick_sockets(name.as_deref())?;
+    let [(name, socket)] = sockets.as_slice() else {
+        let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
+        anyhow::bail!("several ec2fleetd run here ({}): name one", names.join(", "));
+    };
+    let (code, doc) = status::client::request(socket, hyper::Method::POST, path, None).await?;
+    if code != 200 {
+        anyhow::bail!("{name}: {}", doc["error"].as_str().unwrap_or("refused"));
+    }
+    println!(
+        "{name}: {}{}",
+        doc["state"].as_str().unwrap_or("?"),
+        if doc["ready_to_close"] == true {
+            ", ready to close"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {

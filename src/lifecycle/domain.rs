@@ -31,6 +31,8 @@ pub struct Shared {
     pub base_values: MacroValues,
     /// This run's transaction ID, marked on what it attaches until commit.
     pub transaction_id: String,
+    /// What the daemon says of itself: state, readiness, players.
+    pub board: Arc<crate::status::Board>,
 }
 
 /// The blocks that run at `event` before any volume's: the domain's own.
@@ -82,6 +84,8 @@ fn set_volume_values(values: &mut MacroValues, domain: &Domain, v: &HeldVolume) 
 /// A domain and the record of what it holds. Clones share the record.
 #[derive(Clone)]
 pub struct DomainRun {
+    /// The domain's place in the config (and on the status board).
+    pub index: usize,
     pub domain: Domain,
     /// Instance and domain values, and those the end sets (`{error}`,
     /// `{interrupt_action}`); volume values come from the record.
@@ -92,13 +96,14 @@ pub struct DomainRun {
 }
 
 impl DomainRun {
-    pub fn new(shared: &Shared, domain: Domain) -> DomainRun {
+    pub fn new(shared: &Shared, index: usize, domain: Domain, ledger: Arc<Ledger>) -> DomainRun {
         let mut values = shared.base_values.clone();
         values.set("domain", domain.name.clone());
         DomainRun {
+            index,
             domain,
             values,
-            ledger: Arc::default(),
+            ledger,
             lifecycle_action: None,
         }
     }
@@ -433,6 +438,7 @@ impl DomainRun {
         &self,
         shared: &Shared,
         event: Event,
+        records_on: Event,
         policy: &Policy,
     ) -> Result<(), Vec<String>> {
         let ctx = self.volume_ctx(shared);
@@ -455,7 +461,7 @@ impl DomainRun {
             self.ledger.error(e);
         }
         self.release_for(shared, event, result.is_ok()).await;
-        self.delete_records_for(shared, event).await;
+        self.delete_records_for(shared, records_on).await;
         self.time("release", since);
         result
     }
@@ -803,6 +809,18 @@ impl DomainRun {
             interruption,
             errors: held.errors.clone(),
             timings: held.timings.clone(),
+            since_boot: held.since_boot.clone(),
+            players: shared.board.players_of(self.index),
+            status: {
+                let s = shared.board.summary();
+                Status {
+                    state: s.state,
+                    ready: s.ready.get(self.index).copied().unwrap_or_default(),
+                    draining: s.draining,
+                    ready_to_close: s.ready_to_close,
+                    players: s.players,
+                }
+            },
             lifecycle_action: self.lifecycle_action.clone(),
         }
     }

@@ -15,11 +15,13 @@ use super::domain::{DomainRun, Shared};
 use super::signals::Signals;
 use super::{return_freed_memory, Input, Options, Outcome, State};
 use crate::autoscaling::{self, Found, Outcome as ActionResult};
-use crate::config::{Config, Event};
+use crate::config::{Config, Event, IdleAction, Probe};
 use crate::hooks::{OnFailure, Policy};
 use crate::imds::{ImdsClient, Observation, Watcher};
+use crate::status::{self, Control};
 use crate::systemd;
 use crate::volumes;
+use tokio::sync::mpsc;
 
 /// The warning a spot notice gives, assumed when its time does not parse.
 const SPOT_WARNING: Duration = Duration::from_secs(120);
@@ -31,6 +33,20 @@ const LAUNCH_COMPLETION_GRACE: Duration = Duration::from_secs(10);
 const STARTED_NOTES_GRACE: Duration = Duration::from_secs(10);
 /// How long a periodic snapshot under way may take to finish at the end.
 const PERIODIC_GRACE: Duration = Duration::from_secs(10);
+/// Until a domain's first count, its probe runs at least this often.
+const FIRST_PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How often a domain still waiting for its first count says so.
+const NOT_READY_EVERY: Duration = Duration::from_secs(30);
+/// The least time between two `status` notifications (changes between
+/// them are sent together).
+const STATUS_NOTES_EVERY: Duration = Duration::from_secs(5);
+/// How often idleness is looked at.
+const IDLE_LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How long idle notifications may take before an idle end goes on.
+const IDLE_NOTES_LIMIT: Duration = Duration::from_secs(10);
+/// How long, after leaving the group, the termination hook's action may
+/// take to appear for its completion.
+const LEFT_GROUP_COMPLETION: Duration = Duration::from_secs(30);
 
 /// The Auto Scaling look started with the daemon, awaited where needed.
 pub(super) type GroupLook = futures_util::future::Shared<BoxFuture<'static, Found>>;
@@ -82,6 +98,15 @@ impl Step {
     }
 }
 
+/// What woke the watch.
+enum Woke {
+    /// IMDS told something, or (`None`) a signal came.
+    Observed(Option<Observation>),
+    Control(Control),
+    /// The idle watch: why the instance is idle.
+    Idle(String),
+}
+
 /// How a guarded phase of init ended.
 enum Phase<T> {
     Done(T),
@@ -122,6 +147,17 @@ pub(super) struct Daemon {
     group: GroupLook,
     /// The launch hook's completion, sent after READY.
     launch_completion: Mutex<Option<JoinHandle<()>>>,
+    /// Drain and undrain requests from the status socket.
+    controls: tokio::sync::Mutex<mpsc::UnboundedReceiver<Control>>,
+    /// Idleness, told by the idle watch (why the instance is idle).
+    idle_fires: tokio::sync::Mutex<Option<mpsc::Receiver<String>>>,
+    /// The probes, the idle watch and the `status` notifications: stopped
+    /// when the end begins.
+    background: Mutex<Vec<JoinHandle<()>>>,
+    /// The `ready` notifications, sent while the watch runs.
+    ready_notes: Mutex<Option<JoinHandle<()>>>,
+    /// Set when the daemon ends for idleness: what it does after.
+    idle_end: Mutex<Option<IdleAction>>,
 }
 
 impl Daemon {
@@ -133,6 +169,7 @@ impl Daemon {
         signals: Signals,
         runs: Vec<DomainRun>,
         group: GroupLook,
+        controls: mpsc::UnboundedReceiver<Control>,
     ) -> Daemon {
         Daemon {
             config,
@@ -146,6 +183,11 @@ impl Daemon {
             periodic: Mutex::default(),
             group,
             launch_completion: Mutex::default(),
+            controls: tokio::sync::Mutex::new(controls),
+            idle_fires: tokio::sync::Mutex::default(),
+            background: Mutex::default(),
+            ready_notes: Mutex::default(),
+            idle_end: Mutex::default(),
         }
     }
 
@@ -270,24 +312,268 @@ impl Daemon {
             Err(step) => return step,
         }
         let took = started_at.elapsed().as_secs_f64();
+        for r in &self.runs {
+            r.ledger.milestone("started-hooks");
+            self.shared.board.set_phase(r.index, "started");
+        }
+        let notes = self.notify_all(Event::Started);
+        *self.started_notes.lock().expect("not poisoned") = Some(notes);
+        let counted = self.runs.iter().any(|r| r.domain.players.is_some());
+        if counted {
+            tracing::info!(
+                "started: {} domain(s) up in {took:.2}s; waiting for the players probes",
+                self.runs.len()
+            );
+            systemd::status("started: waiting for the players probes");
+        }
+        self.start_probes();
+        match self.guarded(self.all_ready(), deadline, watcher).await.cut() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Step::failed("ready failed", e),
+            Err(step) => return step,
+        }
+        let ready = if counted {
+            format!(", ready in {:.2}s", started_at.elapsed().as_secs_f64())
+        } else {
+            String::new()
+        };
         let line = format!(
-            "started: {} domain(s) up in {took:.2}s; watching for spot interruptions",
+            "started: {} domain(s) up in {took:.2}s{ready}; watching for spot interruptions",
             self.runs.len()
         );
         tracing::info!("{line}");
         systemd::ready(&line);
-        let (shared, runs) = (self.shared.clone(), self.runs.clone());
-        let notes = tokio::spawn(async move {
-            futures_util::future::join_all(
-                runs.iter().map(|r| r.notify(&shared, Event::Started, None)),
-            )
-            .await;
-            return_freed_memory();
-        });
-        *self.started_notes.lock().expect("not poisoned") = Some(notes);
+        let notes = self.notify_all(Event::Ready);
+        *self.ready_notes.lock().expect("not poisoned") = Some(notes);
         self.complete_launch();
         self.start_periodic_snapshots();
+        self.start_idle_watch();
+        self.start_status_notes();
         Step::of(Input::InitDone)
+    }
+
+    /// Every domain's notifications for `event`, in the background.
+    fn notify_all(&self, event: Event) -> JoinHandle<()> {
+        let (shared, runs) = (self.shared.clone(), self.runs.clone());
+        tokio::spawn(async move {
+            futures_util::future::join_all(runs.iter().map(|r| r.notify(&shared, event, None)))
+                .await;
+            return_freed_memory();
+        })
+    }
+
+    /// A task for each domain with a players probe: until its first count
+    /// every second, then every `players.every`, each result on the board.
+    fn start_probes(&self) {
+        let mut tasks = Vec::new();
+        for r in &self.runs {
+            let Some(spec) = r.domain.players.clone() else {
+                continue;
+            };
+            if matches!(spec.probe, Probe::Push) {
+                continue;
+            }
+            let board = self.shared.board.clone();
+            let values = r.values_for(Event::Ready, &r.ledger.snapshot(), None);
+            let (index, name) = (r.index, r.domain.name.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut last_error: Option<String> = None;
+                let mut known = false;
+                loop {
+                    let result = crate::players::probe(&spec, &values).await;
+                    match &result {
+                        Ok(_) => {
+                            if known && last_error.is_some() {
+                                tracing::info!("[{name}] players probe answers again");
+                            }
+                            known = true;
+                            last_error = None;
+                        }
+                        // Before the first count a failure is the world
+                        // still loading; after it, said once.
+                        Err(e) if known && last_error.as_ref() != Some(e) => {
+                            tracing::warn!(
+                                "[{name}] players probe ({}): {e}; the count is unknown",
+                                spec.probe.name()
+                            );
+                            last_error = Some(e.clone());
+                        }
+                        Err(e) => last_error = Some(e.clone()),
+                    }
+                    board.counted(index, result);
+                    let wait = if known {
+                        spec.every
+                    } else {
+                        spec.every.min(FIRST_PROBE_EVERY)
+                    };
+                    tokio::time::sleep(wait).await;
+                }
+            }));
+        }
+        self.background.lock().expect("not poisoned").extend(tasks);
+    }
+
+    /// Every domain ready: its first count (within `ready-timeout`), then
+    /// its `ready` hooks; the first failure fails the daemon.
+    async fn all_ready(&self) -> anyhow::Result<()> {
+        let results =
+            futures_util::future::join_all(self.runs.iter().map(|r| self.ready(r))).await;
+        let errors: Vec<String> = self
+            .runs
+            .iter()
+            .zip(results)
+            .filter_map(|(r, res)| res.err().map(|e| format!("domain {:?}: {e}", r.domain.name)))
+            .collect();
+        if !errors.is_empty() {
+            for (r, e) in self.runs.iter().zip(&errors) {
+                r.ledger.error(e.clone());
+            }
+            return Err(anyhow!("{}", errors.join("; ")));
+        }
+        Ok(())
+    }
+
+    async fn ready(&self, r: &DomainRun) -> Result<(), String> {
+        let since = Instant::now();
+        let name = &r.domain.name;
+        let board = &self.shared.board;
+        if let Some(spec) = &r.domain.players {
+            let first = async {
+                let mut counts = board.counts();
+                let mut said = Instant::now();
+                loop {
+                    if let Some(Ok(c)) = board.count_of(r.index) {
+                        return c;
+                    }
+                    if said.elapsed() >= NOT_READY_EVERY {
+                        said = Instant::now();
+                        let why = match board.count_of(r.index) {
+                            Some(Err(e)) => e,
+                            _ => "no count yet".to_string(),
+                        };
+                        tracing::info!(
+                            "[{name}] not ready after {:.0}s: {} probe: {why}",
+                            since.elapsed().as_secs_f64(),
+                            spec.probe.name()
+                        );
+                    }
+                    let _ = tokio::time::timeout(NOT_READY_EVERY, counts.changed()).await;
+                }
+            };
+            let count = match r.domain.ready_timeout {
+                None => first.await,
+                Some(limit) => match tokio::time::timeout(limit, first).await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        let why = match board.count_of(r.index) {
+                            Some(Err(e)) => format!(": the last probe said {e}"),
+                            _ => String::new(),
+                        };
+                        return Err(format!(
+                            "no players count within the ready-timeout of {}s{why}",
+                            limit.as_secs_f64()
+                        ));
+                    }
+                },
+            };
+            tracing::info!(
+                "[{name}] ready in {:.2}s: {} player(s) online{}",
+                since.elapsed().as_secs_f64(),
+                count.online,
+                count.max.map(|m| format!(" of {m}")).unwrap_or_default()
+            );
+        }
+        r.time("ready", since);
+        let hooks = r
+            .run_hooks(Event::Ready, &Policy::new(OnFailure::Stop))
+            .await;
+        hooks.map_err(|f| format!("ready hooks failed: {}", f.join("; ")))?;
+        r.ledger.milestone("ready");
+        board.set_ready(r.index);
+        Ok(())
+    }
+
+    /// With `idle`: a task that tells the watch when the instance is idle
+    /// (no player for `after`, or `after-start` if none came), or, draining
+    /// with an action that ends the daemon, when it is ready to close. Told
+    /// once per idle spell.
+    fn start_idle_watch(&self) {
+        let Some(spec) = self.config.idle.clone() else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel(1);
+        if let Ok(mut fires) = self.idle_fires.try_lock() {
+            *fires = Some(rx);
+        }
+        let board = self.shared.board.clone();
+        let task = tokio::spawn(async move {
+            let mut told = false;
+            loop {
+                tokio::time::sleep(IDLE_LOOK_EVERY).await;
+                let (since, had_player) = board.idle();
+                let after = if had_player {
+                    spec.after
+                } else {
+                    spec.after_start
+                };
+                let idle_for = since.and_then(|t| t.elapsed().ok());
+                let why = if idle_for.is_some_and(|d| d >= after) {
+                    Some(format!(
+                        "no player for {:.0}s{}",
+                        after.as_secs_f64(),
+                        if had_player { "" } else { " since ready" }
+                    ))
+                } else if spec.action != IdleAction::Notify && board.ready_to_close() {
+                    Some("drained and no player left".to_string())
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) if !told => {
+                        told = true;
+                        if tx.send(why).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(_) => {}
+                    None => told = false,
+                }
+            }
+        });
+        self.background.lock().expect("not poisoned").push(task);
+    }
+
+    /// `status` notifications on every change of state, readiness or free
+    /// capacity, at most one per [`STATUS_NOTES_EVERY`] (the changes in
+    /// between are sent together, as they stand).
+    fn start_status_notes(&self) {
+        let wanted = self
+            .runs
+            .iter()
+            .any(|r| r.domain.notify.iter().any(|n| n.enabled_for(Event::Status)));
+        if !wanted {
+            return;
+        }
+        let (shared, runs) = (self.shared.clone(), self.runs.clone());
+        let mut changes = shared.board.changes();
+        let task = tokio::spawn(async move {
+            let mut last: Option<tokio::time::Instant> = None;
+            loop {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+                if let Some(at) = last {
+                    tokio::time::sleep_until(at + STATUS_NOTES_EVERY).await;
+                }
+                changes.borrow_and_update();
+                last = Some(tokio::time::Instant::now());
+                futures_util::future::join_all(
+                    runs.iter().map(|r| r.notify(&shared, Event::Status, None)),
+                )
+                .await;
+            }
+        });
+        self.background.lock().expect("not poisoned").push(task);
     }
 
     /// What the Auto Scaling look found, waiting for it at most `LOOK_WAIT`.
@@ -391,20 +677,49 @@ impl Daemon {
         Ok(())
     }
 
-    /// `Watching`: the next thing IMDS or a signal tells. News runs its
-    /// hooks while the watch goes on: a notice or a signal that comes
-    /// meanwhile cuts them short and takes over at once; news notifications
-    /// go out in the background and never hold a notice up.
+    /// `Watching`: the next thing IMDS, a signal, the status socket (drain,
+    /// undrain) or the idle watch tells. News runs its hooks while the
+    /// watch goes on: a notice or a signal that comes meanwhile cuts them
+    /// short and takes over at once; news notifications go out in the
+    /// background and never hold a notice up.
     async fn watch(&self, watcher: &mut Watcher) -> Step {
-        let Some(observation) = watcher.next(&self.signals.stop, false).await else {
-            tracing::info!("signal received: stopping");
-            return Step::of(Input::Signal);
+        let woke = {
+            let mut controls = self.controls.lock().await;
+            let mut idle = self.idle_fires.lock().await;
+            let idle_fired = async {
+                match idle.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                o = watcher.next(&self.signals.stop, false) => Woke::Observed(o),
+                Some(c) = controls.recv() => Woke::Control(c),
+                Some(why) = idle_fired => Woke::Idle(why),
+            }
+        };
+        let observation = match woke {
+            Woke::Observed(Some(o)) => o,
+            Woke::Observed(None) => {
+                tracing::info!("signal received: stopping");
+                return Step::of(Input::Signal);
+            }
+            Woke::Control(Control::Drain) => {
+                let detail = "drain requested: no new players should come";
+                return self.news(watcher, Event::Draining, detail).await;
+            }
+            Woke::Control(Control::Undrain) => {
+                tracing::info!("undrained: players may come again");
+                return Step::of(Input::News);
+            }
+            Woke::Idle(why) => return self.idle(watcher, &why).await,
         };
         if observation.is_final() {
             return Step::observed(observation);
         }
         let (event, detail) = match &observation {
             Observation::Rebalance(time) => {
+                self.shared.board.set_notice("rebalance", None);
                 (Event::Rebalance, format!("rebalance recommended at {time}"))
             }
             Observation::Maintenance(events) => (
@@ -413,7 +728,27 @@ impl Daemon {
             ),
             _ => unreachable!("final observations end the watch"),
         };
+        self.news(watcher, event, &detail).await
+    }
+
+    /// News: `event`'s hooks, cut short by anything more urgent, then its
+    /// notifications in the background; the watch goes on.
+    async fn news(&self, watcher: &mut Watcher, event: Event, detail: &str) -> Step {
         tracing::warn!("{detail}");
+        if let Some(step) = self.news_hooks(watcher, event).await {
+            return step;
+        }
+        let notes = self.notify_all(event);
+        let mut pending = self.news_notes.lock().expect("not poisoned");
+        pending.retain(|(_, h)| !h.is_finished());
+        pending.push((event, notes));
+        systemd::status("watching for spot interruptions");
+        Step::of(Input::News)
+    }
+
+    /// `event`'s hooks of every domain while the watch goes on; the step
+    /// that cut them short, if something more urgent came.
+    async fn news_hooks(&self, watcher: &mut Watcher, event: Event) -> Option<Step> {
         systemd::status(&format!("{event}: running hooks; still watching"));
         let hurry = self.signals.hurry.child_token();
         let policy = Policy {
@@ -427,25 +762,65 @@ impl Daemon {
             _ = &mut hooks => None,
             o = watcher.next(&self.signals.stop, true) => Some(o),
         };
-        if let Some(o) = overtaken {
-            tracing::warn!("{event}: its hooks are cut short: something more urgent came");
-            hurry.cancel();
-            hooks.await;
-            return match o {
-                Some(o) => Step::observed(o),
-                None => Step::of(Input::Signal),
-            };
+        let o = overtaken?;
+        tracing::warn!("{event}: its hooks are cut short: something more urgent came");
+        hurry.cancel();
+        hooks.await;
+        Some(match o {
+            Some(o) => Step::observed(o),
+            None => Step::of(Input::Signal),
+        })
+    }
+
+    /// The instance is idle: the `idle` hooks and notifications; then, by
+    /// `idle.action`, the watch goes on (`notify`, or a group whose minimum
+    /// keeps the instance) or the daemon ends as on a stop.
+    async fn idle(&self, watcher: &mut Watcher, why: &str) -> Step {
+        let Some(spec) = self.config.idle.clone() else {
+            return Step::of(Input::News);
+        };
+        tracing::warn!("idle: {why} (idle.action {})", spec.action.name());
+        if let Some(step) = self.news_hooks(watcher, Event::Idle).await {
+            return step;
         }
-        let (shared, runs) = (self.shared.clone(), self.runs.clone());
-        let notes = tokio::spawn(async move {
-            futures_util::future::join_all(runs.iter().map(|r| r.notify(&shared, event, None)))
-                .await;
-        });
-        let mut pending = self.news_notes.lock().expect("not poisoned");
-        pending.retain(|(_, h)| !h.is_finished());
-        pending.push((event, notes));
-        systemd::status("watching for spot interruptions");
-        Step::of(Input::News)
+        let mut action = spec.action;
+        if action == IdleAction::Terminate {
+            if let Some(kept) = self.kept_by_group().await {
+                tracing::warn!("idle: the instance stays up: {kept}; only reporting");
+                action = IdleAction::Notify;
+            }
+        }
+        let notes = self.notify_all(Event::Idle);
+        if action == IdleAction::Notify {
+            let mut pending = self.news_notes.lock().expect("not poisoned");
+            pending.retain(|(_, h)| !h.is_finished());
+            pending.push((Event::Idle, notes));
+            systemd::status("idle; watching for spot interruptions");
+            return Step::of(Input::News);
+        }
+        // The idle notifications go before the end's.
+        let mut notes = notes;
+        if tokio::time::timeout(IDLE_NOTES_LIMIT, &mut notes).await.is_err() {
+            notes.abort();
+            tracing::warn!("idle notifications not delivered yet: given up");
+        }
+        *self.idle_end.lock().expect("not poisoned") = Some(action);
+        Step::of(Input::Idle)
+    }
+
+    /// Why the instance's Auto Scaling group keeps it (its minimum size),
+    /// if it does; an unknown capacity is said and does not keep it.
+    async fn kept_by_group(&self) -> Option<String> {
+        let found = self.found().await;
+        let group = found.group()?;
+        match autoscaling::capacity(&self.shared.clients.autoscaling, &group.name).await {
+            Ok((min, desired)) => autoscaling::kept_by_minimum(min, desired)
+                .map(|why| format!("{why} (group {})", group.name)),
+            Err(e) => {
+                tracing::warn!("idle: the capacity of group {}: {e}", group.name);
+                None
+            }
+        }
     }
 
     /// Runs a phase of init under the init deadline, giving way to a signal
@@ -492,6 +867,10 @@ impl Daemon {
     async fn finish(mut self, state: State, step: Step, cut_init: bool) -> Outcome {
         debug_assert!(state.is_final());
         let event = state.event();
+        for task in self.background.lock().expect("not poisoned").drain(..) {
+            task.abort();
+        }
+        let idle_end = *self.idle_end.lock().expect("not poisoned");
         self.give_up_news();
         self.stop_periodic_snapshots().await;
         // The hook this end completes: a termination's, or a failed launch's.
@@ -541,6 +920,23 @@ impl Daemon {
             }
             _ => SystemTime::now() + self.options.stop_timeout,
         };
+        let board = &self.shared.board;
+        board.set_state(if state == State::Failed {
+            status::State::Failed
+        } else {
+            status::State::Stopping
+        });
+        let kind = match (&step.observation, state, idle_end) {
+            (Some(Observation::Spot(_)), _, _) => "spot-interruption",
+            (Some(Observation::Terminating), _, _) => "termination",
+            (_, State::Failed, _) => "failure",
+            (_, _, Some(_)) => "idle",
+            _ => "signal",
+        };
+        board.set_notice(kind, Some(deadline));
+        for r in &self.runs {
+            board.set_phase(r.index, event.name());
+        }
         let error_text = step
             .error
             .as_ref()
@@ -614,7 +1010,13 @@ impl Daemon {
                         if cut_init {
                             r.adopt_leftovers(shared).await;
                         }
-                        r.end(shared, event, policy).await.err().unwrap_or_default()
+                        // An idle end keeps the records unless `delete-on`
+                        // names `idle`.
+                        let records_on = if idle_end.is_some() { Event::Idle } else { event };
+                        r.end(shared, event, records_on, policy)
+                            .await
+                            .err()
+                            .unwrap_or_default()
                     }
                 };
                 let failed = tokio::select! {
@@ -675,6 +1077,7 @@ impl Daemon {
         let until = Some(*until_rx.borrow());
         // `started` before this event, for whoever reads them in order.
         self.settle_started_notes(until).await;
+        self.settle_ready_notes(until).await;
         futures_util::future::join_all(
             self.runs
                 .iter()
@@ -687,6 +1090,9 @@ impl Daemon {
         self.settle_launch_completion().await;
         if let Some((group, hook, result, why)) = &decided {
             complete_action(&self.shared, group, hook, *result, why).await;
+        }
+        if idle_end == Some(IdleAction::Terminate) {
+            self.leave().await;
         }
         if !failures.is_empty() {
             tracing::warn!("{event}: {} hook(s) failed", failures.len());
@@ -765,17 +1171,79 @@ impl Daemon {
         }
     }
 
+    /// `ready` notifications still being retried, as `started` ones.
+    async fn settle_ready_notes(&self, until: Option<tokio::time::Instant>) {
+        let notes = self.ready_notes.lock().expect("not poisoned").take();
+        settle_notes(notes, until, Event::Ready).await;
+    }
+
     /// `started` notifications still being retried get a short grace (at
     /// most until `until`), then are given up: the daemon is about to exit.
     async fn settle_started_notes(&self, until: Option<tokio::time::Instant>) {
-        let Some(mut notes) = self.started_notes.lock().expect("not poisoned").take() else {
-            return;
-        };
-        let grace = tokio::time::Instant::now() + STARTED_NOTES_GRACE;
-        let until = until.map_or(grace, |u| u.min(grace));
-        if tokio::time::timeout_at(until, &mut notes).await.is_err() {
-            notes.abort();
-            tracing::warn!("started notifications still being retried: given up");
+        let notes = self.started_notes.lock().expect("not poisoned").take();
+        settle_notes(notes, until, Event::Started).await;
+    }
+
+    /// After an idle end with `terminate`: in an Auto Scaling group the
+    /// instance leaves it with the desired capacity lowered (and a
+    /// termination hook's action, which the end already served, is
+    /// completed); elsewhere, or if leaving fails, the OS shuts down.
+    async fn leave(&self) {
+        let found = self.found().await;
+        let shared = &self.shared;
+        let instance = &shared.facts.instance_id;
+        if let Some(group) = found.group() {
+            match autoscaling::leave(&shared.clients.autoscaling, instance).await {
+                Ok(()) => {
+                    tracing::info!(
+                        "idle: Auto Scaling terminates this instance and lowers the desired capacity of {}",
+                        group.name
+                    );
+                    if let Some((group, hook)) = found.termination() {
+                        self.complete_after_leaving(group, hook).await;
+                    }
+                    return;
+                }
+                Err(e) => tracing::error!(
+                    "idle: leaving the group {}: {e}; shutting the OS down instead",
+                    group.name
+                ),
+            }
+        }
+        shut_down(shared).await;
+    }
+
+    /// The termination hook's action, once Auto Scaling has made it,
+    /// completed with CONTINUE: the hooks ran before the instance left.
+    async fn complete_after_leaving(&self, group: &autoscaling::Group, hook: &autoscaling::Hook) {
+        let shared = &self.shared;
+        let until = Instant::now() + LEFT_GROUP_COMPLETION;
+        loop {
+            let done = autoscaling::complete(
+                &shared.clients.autoscaling,
+                group,
+                hook,
+                &shared.facts.instance_id,
+                ActionResult::Continue,
+            )
+            .await;
+            match done {
+                Ok(()) => {
+                    tracing::info!(
+                        "lifecycle hook {}: completed with CONTINUE (the stopping hooks ran before the instance left)",
+                        hook.name
+                    );
+                    return;
+                }
+                Err(e) if Instant::now() >= until => {
+                    tracing::error!(
+                        "lifecycle hook {}: not completed: {e}; Auto Scaling waits out its timeout",
+                        hook.name
+                    );
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
         }
     }
 
@@ -798,6 +1266,74 @@ impl Daemon {
             // Not critical, as in the Python daemon: the application still runs.
             Err(e) => tracing::error!("setting the hostname to {name:?} failed: {e}"),
         }
+    }
+}
+
+/// Notifications still being retried get a short grace (at most until
+/// `until`), then are given up: the daemon is about to exit.
+async fn settle_notes(
+    notes: Option<JoinHandle<()>>,
+    until: Option<tokio::time::Instant>,
+    event: Event,
+) {
+    let Some(mut notes) = notes else {
+        return;
+    };
+    let grace = tokio::time::Instant::now() + STARTED_NOTES_GRACE;
+    let until = until.map_or(grace, |u| u.min(grace));
+    if tokio::time::timeout_at(until, &mut notes).await.is_err() {
+        notes.abort();
+        tracing::warn!("{event} notifications still being retried: given up");
+    }
+}
+
+/// Shuts the OS down (`$EC2FLEETD_SHUTDOWN_COMMAND`, default `systemctl
+/// poweroff`), after saying what the instance does then: terminate, or
+/// stop and go on billing its volumes.
+async fn shut_down(shared: &super::domain::Shared) {
+    let behaviour = shared
+        .clients
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&shared.facts.instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await;
+    match behaviour {
+        Ok(out) => {
+            let b = out
+                .instance_initiated_shutdown_behavior()
+                .and_then(|v| v.value())
+                .unwrap_or("stop");
+            if b == "terminate" {
+                tracing::info!("idle: shutting the OS down; the instance terminates");
+            } else {
+                tracing::warn!(
+                    "idle: shutting the OS down, but the instance's shutdown behaviour is {b:?}: it stops instead of terminating, and a stopped instance still bills its volumes (set InstanceInitiatedShutdownBehavior to terminate)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            "idle: shutting the OS down; the instance's shutdown behaviour is unknown: {}",
+            crate::aws::describe(&e)
+        ),
+    }
+    let command = std::env::var("EC2FLEETD_SHUTDOWN_COMMAND")
+        .unwrap_or_else(|_| "/usr/bin/systemctl poweroff".to_string());
+    let argv: Vec<&str> = command.split_whitespace().collect();
+    let Some((program, args)) = argv.split_first() else {
+        tracing::error!("idle: EC2FLEETD_SHUTDOWN_COMMAND is empty: the OS stays up");
+        return;
+    };
+    match tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await
+    {
+        Ok(s) if s.success() => tracing::info!("idle: {command}: done"),
+        Ok(s) => tracing::error!("idle: {command}: {s}"),
+        Err(e) => tracing::error!("idle: {command}: {e}"),
     }
 }
 

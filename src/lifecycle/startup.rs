@@ -16,6 +16,8 @@ use crate::autoscaling::{self, Found};
 use crate::aws::{self, Clients};
 use crate::config::{Config, ConfigErrors, MacroValues};
 use crate::imds::{ImdsClient, InstanceFacts};
+use crate::ledger::Ledger;
+use crate::status::{self, Board, DomainEntry};
 use crate::systemd;
 
 /// Runs the daemon to the end of the instance's life.
@@ -71,21 +73,109 @@ pub async fn run(options: Options) -> Outcome {
         .shared()
     };
     let transaction_id = transaction_id(&facts.instance_id, &options.config);
+    let ledgers: Vec<Arc<Ledger>> = config.domains.iter().map(|_| Arc::default()).collect();
+    let (board, controls) = Board::new(
+        &status_name(&options.config),
+        status::Instance {
+            id: facts.instance_id.clone(),
+            instance_type: facts.instance_type.clone(),
+            availability_zone: facts.zone.clone(),
+            region: facts.region.clone(),
+        },
+        config
+            .domains
+            .iter()
+            .zip(&ledgers)
+            .map(|(d, ledger)| DomainEntry {
+                name: d.name.clone(),
+                ledger: ledger.clone(),
+                probe: d.players.as_ref().map(|p| p.probe.name()),
+                max: d.players.as_ref().and_then(|p| p.max),
+            })
+            .collect(),
+    );
+    let served = match serve_status(&board, &config).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed(e),
+    };
     let shared = Arc::new(Shared {
         base_values: base_values(&facts, &transaction_id),
         clients,
         facts,
         device_root: options.device_root.clone(),
         transaction_id,
+        board,
     });
     let runs = config
         .domains
         .iter()
-        .map(|d| DomainRun::new(&shared, d.clone()))
+        .zip(ledgers)
+        .enumerate()
+        .map(|(index, (d, ledger))| DomainRun::new(&shared, index, d.clone(), ledger))
         .collect();
-    Daemon::new(config, shared, options, imds, signals, runs, group)
+    let outcome = Daemon::new(config, shared, options, imds, signals, runs, group, controls)
         .live()
-        .await
+        .await;
+    if let Some(served) = served {
+        served.close();
+    }
+    outcome
+}
+
+/// The daemon's name, for its status socket: the config file's stem
+/// (`ec2fleetd@NAME` reads `/etc/ec2fleetd/NAME.jsonc`), or `ec2fleetd`
+/// for the config in user data.
+fn status_name(source: &ConfigSource) -> String {
+    match source {
+        ConfigSource::UserData => "ec2fleetd".to_string(),
+        ConfigSource::File(path) => path
+            .file_stem()
+            .map_or_else(|| "ec2fleetd".to_string(), |s| s.to_string_lossy().to_string()),
+    }
+}
+
+/// The status socket, and HTTP when the config asks for it. A socket
+/// another daemon answers on, or an HTTP endpoint that cannot be served
+/// as configured, fails the start (nothing is touched yet); a socket that
+/// cannot be made otherwise (no such directory and no right to make it)
+/// is logged and the daemon runs without it.
+async fn serve_status(
+    board: &Arc<Board>,
+    config: &Config,
+) -> Result<Option<status::server::Served>> {
+    let socket = status::runtime_dir().join(format!("{}.sock", board.name()));
+    let http = match config.status.listen {
+        None => None,
+        Some(address) => {
+            let token = match &config.status.token_file {
+                None => None,
+                Some(file) => Some(read_token(file)?),
+            };
+            Some((address, token))
+        }
+    };
+    match status::server::listen(board.clone(), &socket, http.clone()).await {
+        Ok(s) => {
+            tracing::info!("status: answering on {}", socket.display());
+            Ok(Some(s))
+        }
+        Err(e) if http.is_some() || socket.exists() => Err(e),
+        Err(e) => {
+            tracing::error!("status: {e:#}; ec2fleetd status cannot reach this daemon");
+            Ok(None)
+        }
+    }
+}
+
+/// The bearer token in `file`: its content, surrounding whitespace trimmed.
+fn read_token(file: &std::path::Path) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the status token from {}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(anyhow!("the status token file {} is empty", file.display()));
+    }
+    Ok(token.as_bytes().to_vec())
 }
 
 pub(super) fn base_values(facts: &InstanceFacts, transaction_id: &str) -> MacroValues {

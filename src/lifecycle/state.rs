@@ -33,9 +33,12 @@ pub enum Input {
     Notice,
     /// Auto Scaling terminates the instance.
     Termination,
-    /// A rebalance recommendation or scheduled maintenance: hooks ran, the
-    /// watch goes on.
+    /// A rebalance recommendation or scheduled maintenance, a drain, or
+    /// idleness that only reports: hooks ran, the watch goes on.
     News,
+    /// Idle with `idle.action` stop or terminate: the daemon ends as on a
+    /// stop.
+    Idle,
 }
 
 impl State {
@@ -52,6 +55,7 @@ impl State {
             (Starting | Started | Watching, Notice) => Some(Interrupted),
             (Starting | Started | Watching, Termination) => Some(Terminating),
             (Watching, News) => Some(Watching),
+            (Watching, Idle) => Some(Stopping),
             _ => None,
         }
     }
@@ -81,7 +85,7 @@ mod tests {
     use super::Input::*;
     use super::State::*;
 
-    const INPUTS: [super::Input; 7] = [
+    const INPUTS: [super::Input; 8] = [
         BroughtUp,
         InitDone,
         InitFailed,
@@ -89,6 +93,7 @@ mod tests {
         Notice,
         Termination,
         News,
+        Idle,
     ];
 
     #[test]
@@ -103,6 +108,7 @@ mod tests {
         assert_eq!(Watching.next(Notice), Some(Interrupted));
         assert_eq!(Watching.next(Signal), Some(Stopping));
         assert_eq!(Watching.next(Termination), Some(Terminating));
+        assert_eq!(Watching.next(Idle), Some(Stopping), "idle ends as a stop");
     }
 
     #[test]
@@ -112,8 +118,9 @@ mod tests {
             assert_eq!(s.next(Signal), Some(Stopping));
             assert_eq!(s.next(Notice), Some(Interrupted));
             assert_eq!(s.next(Termination), Some(Terminating));
-            // News is only watched for once the daemon is up.
+            // News and idleness are only watched for once the daemon is up.
             assert_eq!(s.next(News), None);
+            assert_eq!(s.next(Idle), None);
         }
         assert_eq!(Starting.next(InitDone), None, "started hooks come first");
         assert_eq!(Watching.next(InitFailed), None, "init is over");

@@ -9,14 +9,15 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// The event format's version, `version` in every event.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// One notification's body.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventBody {
     pub version: u32,
-    /// `started`, `failed`, `stopping`, `interrupted`, `terminating`,
-    /// `rebalance` or `maintenance`.
+    /// `started`, `ready`, `failed`, `stopping`, `interrupted`,
+    /// `terminating`, `rebalance`, `maintenance`, `idle`, `draining` or
+    /// `status`.
     pub event: String,
     /// When the event was reported, RFC 3339.
     pub time: String,
@@ -32,9 +33,29 @@ pub struct EventBody {
     pub errors: Vec<String>,
     /// Seconds each phase of this domain took, by phase.
     pub timings: BTreeMap<String, f64>,
+    /// When each milestone of this domain was reached, in seconds since
+    /// the instance booted.
+    pub since_boot: BTreeMap<String, f64>,
+    /// This domain's players, if it counts them.
+    pub players: Option<crate::status::Players>,
+    /// The daemon's state, as the status socket tells it.
+    pub status: Status,
     /// The Auto Scaling lifecycle action the daemon completes after this
     /// event (`terminating`, or `failed` with a launch hook).
     pub lifecycle_action: Option<LifecycleAction>,
+}
+
+/// The daemon's state when the event was sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// `starting`, `ready`, `draining`, `stopping` or `failed`.
+    pub state: crate::status::State,
+    /// Whether this domain is ready.
+    pub ready: bool,
+    pub draining: bool,
+    pub ready_to_close: bool,
+    /// Summed over the instance's domains that count players.
+    pub players: crate::status::Players,
 }
 
 /// A lifecycle action of the instance's Auto Scaling group and how the

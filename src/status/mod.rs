@@ -76,6 +76,8 @@ struct DomainState {
     error: Option<String>,
     /// The config's `max`, for pushed counts.
     max: Option<u32>,
+    /// Whether a player came since the start.
+    had_player: bool,
 }
 
 #[derive(Debug)]
@@ -99,6 +101,8 @@ pub struct Board {
     inner: Mutex<Inner>,
     /// Bumped on every change of state, readiness or free capacity.
     changed: watch::Sender<u64>,
+    /// Bumped on every count or failed probe.
+    counts: watch::Sender<u64>,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -149,12 +153,14 @@ impl Board {
                         checked: None,
                         error: None,
                         max: d.max,
+                        had_player: false,
                     })
                     .collect(),
                 idle_since: None,
                 had_player: false,
             }),
             changed: watch::channel(0).0,
+            counts: watch::channel(0).0,
             control,
         };
         (Arc::new(board), requests)
@@ -231,11 +237,10 @@ impl Board {
     }
 
     /// A probe's result for domain `index`: a count, or why it is unknown.
-    /// Returns whether it is the domain's first player since the start.
-    pub fn counted(&self, index: usize, result: Result<Count, String>) -> bool {
+    /// The domain's first player is a milestone.
+    pub fn counted(&self, index: usize, result: Result<Count, String>) {
         let mut first_player = false;
         self.change(|i| {
-            let had = i.had_player;
             let d = &mut i.domains[index];
             d.checked = Some(SystemTime::now());
             match result {
@@ -243,7 +248,8 @@ impl Board {
                     d.count = Some(c);
                     d.error = None;
                     if c.online > 0 {
-                        first_player = !had;
+                        first_player = !d.had_player;
+                        d.had_player = true;
                         i.had_player = true;
                     }
                 }
@@ -253,11 +259,30 @@ impl Board {
                 }
             }
         });
-        first_player
+        if first_player {
+            self.ledgers[index].milestone("first-player");
+        }
+        self.counts.send_modify(|n| *n += 1);
+    }
+
+    /// Domain `index`'s count, or why it is unknown (`None` before any probe).
+    pub fn count_of(&self, index: usize) -> Option<Result<Count, String>> {
+        let i = self.lock();
+        let d = &i.domains[index];
+        match (&d.count, &d.error) {
+            (Some(c), _) => Some(Ok(*c)),
+            (None, Some(e)) => Some(Err(e.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// A receiver that sees every count and failed probe.
+    pub fn counts(&self) -> watch::Receiver<u64> {
+        self.counts.subscribe()
     }
 
     /// `PUT /v1/players`: counts pushed for a domain whose probe is `push`.
-    pub fn push(&self, domain: Option<&str>, online: u32, max: Option<u32>) -> Result<bool, String> {
+    pub fn push(&self, domain: Option<&str>, online: u32, max: Option<u32>) -> Result<(), String> {
         let index = {
             let inner = self.lock();
             let pushed: Vec<(usize, &DomainState)> = inner
@@ -289,7 +314,8 @@ impl Board {
             }
         };
         let cap = self.lock().domains[index].max;
-        Ok(self.counted(index, Ok(Count { online, max }.capped(cap))))
+        self.counted(index, Ok(Count { online, max }.capped(cap)));
+        Ok(())
     }
 
     /// A drain or undrain: the board says it at once; the daemon's loop

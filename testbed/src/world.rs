@@ -579,6 +579,11 @@ impl Testbed {
                 "EC2FLEETD_DEVICE_ROOT".into(),
                 instance.root.path().display().to_string(),
             ),
+            // The status sockets, in the instance's own tree.
+            (
+                "EC2FLEETD_RUNTIME_DIR".into(),
+                instance.root.path().join("run/ec2fleetd").display().to_string(),
+            ),
             // Keep the host's AWS files out of the daemon's view.
             ("AWS_CONFIG_FILE".into(), "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()),
