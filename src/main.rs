@@ -61,6 +61,11 @@ enum Command {
         /// lifecycle hook (with one, the hook's timeout counts).
         #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_seconds)]
         termination_budget: Duration,
+        /// The daemon's name: its status socket (`/run/ec2fleetd/NAME.sock`)
+        /// and, in multi-part user data, the part named `NAME.jsonc`
+        /// (default: the config file's stem, or `ec2fleetd`).
+        #[arg(long, value_name = "NAME", value_parser = parse_name)]
+        name: Option<String>,
     },
     /// Run the `interrupted` hooks as if a spot notice arrived now (or the
     /// `terminating` hooks, as if Auto Scaling terminated the instance), with
@@ -141,6 +146,22 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        && !s.starts_with('.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a daemon name: 1 to 64 letters, digits, '-', '_', '.' and '@'"
+        ))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -190,6 +211,7 @@ fn main() -> ExitCode {
             shutdown_reserve,
             stop_timeout,
             termination_budget,
+            name,
         } => {
             let options = lifecycle::Options {
                 config: config.map_or(ConfigSource::UserData, ConfigSource::File),
@@ -199,6 +221,7 @@ fn main() -> ExitCode {
                 shutdown_reserve,
                 stop_timeout,
                 termination_budget,
+                name,
             };
             block_on(lifecycle::run(options))
         }

@@ -199,25 +199,39 @@ async fn a2s(address: &str, timeout: Duration) -> Result<Count, String> {
         .map_err(|e| format!("connecting to {address}: {e}"))?;
     let mut request = A2S_INFO.to_vec();
     let mut buf = vec![0; 1500];
-    // At most one challenge: a server that keeps asking is not answering.
-    for _ in 0..2 {
+    // UDP may lose a packet: three tries within the timeout.
+    let wait = timeout / 3;
+    let mut challenges = 0;
+    let mut tries = 0;
+    loop {
         socket
             .send(&request)
             .await
             .map_err(|e| format!("sending A2S_INFO: {e}"))?;
-        let n = tokio::time::timeout(timeout, socket.recv(&mut buf))
-            .await
-            .map_err(|_| "no answer".to_string())?
-            .map_err(|e| format!("receiving the answer: {e}"))?;
+        let n = match tokio::time::timeout(wait, socket.recv(&mut buf)).await {
+            Ok(r) => r.map_err(|e| format!("receiving the answer: {e}"))?,
+            Err(_) => {
+                tries += 1;
+                if tries == 3 {
+                    return Err("no answer".to_string());
+                }
+                continue;
+            }
+        };
         match a2s_answer(&buf[..n])? {
+            // At most one challenge: a server that keeps asking is not
+            // answering.
+            A2sAnswer::Challenge(_) if challenges == 1 => {
+                return Err("the server answered a second challenge".to_string())
+            }
             A2sAnswer::Challenge(c) => {
+                challenges += 1;
                 request = A2S_INFO.to_vec();
                 request.extend_from_slice(&c);
             }
             A2sAnswer::Info(count) => return Ok(count),
         }
     }
-    Err("the server answered a second challenge".to_string())
 }
 
 enum A2sAnswer {
@@ -331,6 +345,9 @@ fn established_on(table: &str, port: u16) -> u32 {
 
 async fn command(argv: &[Template], values: &MacroValues) -> Result<Count, String> {
     let argv: Vec<String> = argv.iter().map(|t| t.render(values)).collect();
+    if argv.is_empty() {
+        return Err("the command probe has no argv".to_string());
+    }
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(std::process::Stdio::null())
@@ -348,6 +365,10 @@ async fn command(argv: &[Template], values: &MacroValues) -> Result<Count, Strin
     let mut stdout = (&mut stdout).take(COMMAND_MAX_OUTPUT as u64 + 1);
     let mut stderr = (&mut stderr).take(COMMAND_MAX_OUTPUT as u64);
     let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+    if out.len() > COMMAND_MAX_OUTPUT {
+        // It would block on a full pipe: it has said too much already.
+        let _ = child.start_kill();
+    }
     let status = child
         .wait()
         .await

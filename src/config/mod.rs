@@ -6,6 +6,7 @@
 
 pub mod exit_codes;
 pub mod json;
+pub mod mime;
 pub mod template;
 mod validate;
 

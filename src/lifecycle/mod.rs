@@ -48,6 +48,10 @@ pub struct Options {
     /// The time an Auto Scaling termination gets when no termination
     /// lifecycle hook makes Auto Scaling wait.
     pub termination_budget: Duration,
+    /// The daemon's name (`--name`): its status socket, and the part of
+    /// multi-part user data it reads. Default: the config file's stem, or
+    /// `ec2fleetd`.
+    pub name: Option<String>,
 }
 
 /// How a run ended; `main` maps it to the exit status.

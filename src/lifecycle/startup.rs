@@ -23,6 +23,10 @@ use crate::systemd;
 /// Runs the daemon to the end of the instance's life.
 pub async fn run(options: Options) -> Outcome {
     let signals = Signals::listen();
+    let name = options
+        .name
+        .clone()
+        .unwrap_or_else(|| status_name(&options.config));
     systemd::spawn_watchdog();
     let imds = Arc::new(ImdsClient::from_env());
     systemd::status("starting: reading the config and instance metadata");
@@ -32,7 +36,7 @@ pub async fn run(options: Options) -> Outcome {
             Ok(c) => c,
             Err(e) => return Outcome::BadConfig(e),
         },
-        ConfigSource::UserData => match read_user_data_config(&imds).await {
+        ConfigSource::UserData => match read_user_data_config(&imds, &name).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Outcome::BadConfig(e),
             Err(e) => return Outcome::Failed(e),
@@ -75,7 +79,7 @@ pub async fn run(options: Options) -> Outcome {
     let transaction_id = transaction_id(&facts.instance_id, &options.config);
     let ledgers: Vec<Arc<Ledger>> = config.domains.iter().map(|_| Arc::default()).collect();
     let (board, controls) = Board::new(
-        &status_name(&options.config),
+        &name,
         status::Instance {
             id: facts.instance_id.clone(),
             instance_type: facts.instance_type.clone(),
@@ -233,7 +237,10 @@ fn transaction_id(instance_id: &str, source: &ConfigSource) -> String {
 
 /// The config from user data; `Ok(Err)` when the user data is not a usable
 /// config (missing, not text, invalid), `Err` when IMDS could not be read.
-async fn read_user_data_config(imds: &ImdsClient) -> Result<Result<Config, ConfigErrors>> {
+async fn read_user_data_config(
+    imds: &ImdsClient,
+    name: &str,
+) -> Result<Result<Config, ConfigErrors>> {
     let data = imds
         .user_data()
         .await
@@ -254,6 +261,12 @@ async fn read_user_data_config(imds: &ImdsClient) -> Result<Result<Config, Confi
         return bad(
             "this instance has no user data: put the config there, or give it with --config FILE",
         );
+    }
+    if crate::config::mime::is_mime(&data) {
+        return match crate::config::mime::config_part(&data, name) {
+            Ok(text) => Ok(Config::from_text("user data (MIME part)", &text)),
+            Err(why) => bad(&why),
+        };
     }
     match String::from_utf8(data) {
         Ok(text) => Ok(Config::from_text("user data", &text)),

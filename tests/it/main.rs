@@ -14,6 +14,7 @@ mod fuzz_found;
 mod imds;
 mod lifecycle;
 mod notify;
+mod players;
 mod policy;
 mod pools;
 mod run;

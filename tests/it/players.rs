@@ -358,7 +358,22 @@ async fn a2s_server_that_never_answers_is_no_answer() {
     let (got, requests) = a2s(SHORT, |_| None).await;
     let e = got.unwrap_err();
     assert!(e.contains("no answer"), "{e}");
-    assert_eq!(requests, [A2S_INFO.to_vec()]);
+    // UDP may lose a packet: the request is sent three times in the timeout.
+    assert_eq!(requests, vec![A2S_INFO.to_vec(); 3]);
+}
+
+#[tokio::test]
+async fn a2s_lost_packet_is_sent_again() {
+    let mut first = true;
+    let (got, requests) = a2s(TIMEOUT, move |_| {
+        // The first answer is lost.
+        let answer = (!first).then(|| info(2, 8, 0));
+        first = false;
+        answer
+    })
+    .await;
+    assert_eq!(got.unwrap().online, 2);
+    assert_eq!(requests.len(), 2);
 }
 
 // TCP connections.
