@@ -308,6 +308,7 @@ impl Ledger {
 
     /// `id` was restored from `snapshot` after waiting `waited` seconds.
     pub fn restored(&self, id: &str, snapshot: &str, waited: std::time::Duration) {
+        self.milestone("restore");
         let ms = waited.as_millis() as u64;
         self.with_volume(id, |v| v.restored_from = Some((snapshot.to_string(), ms)));
     }

@@ -433,11 +433,11 @@ pub struct NotifySpec {
     pub subject: Option<Template>,
     /// `envelope.body`; without it, the typed JSON event.
     pub body: Option<Body>,
-    /// Events turned off in `matrix` (and `status` for a domain that counts
-    /// no players, unless `matrix` names it).
+    /// Events turned off in `matrix` (and `ready` and `status` for a domain
+    /// that counts no players, unless `matrix` names them).
     pub disabled: Vec<Event>,
-    /// Whether `matrix` names `status`.
-    pub status_chosen: bool,
+    /// The events `matrix` names.
+    pub chosen: Vec<Event>,
     /// `options.timeout`: how long one attempt may take.
     pub timeout: Duration,
     /// `options.retries`: attempts after the first, for failures that may pass.

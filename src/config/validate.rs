@@ -663,11 +663,14 @@ impl Validator {
         let ready_timeout = obj
             .get("ready-timeout")
             .and_then(|n| self.seconds(n, &key_path(path, "ready-timeout"), 86_400.0));
-        // `status` notifications are for the domains that count players,
-        // unless a matrix says otherwise.
+        // `ready` and `status` notifications are for the domains that count
+        // players (without a probe, `ready` is `started`), unless a matrix
+        // names them.
         for n in &mut notify {
-            if players.is_none() && !n.status_chosen && !n.disabled.contains(&Event::Status) {
-                n.disabled.push(Event::Status);
+            for e in [Event::Ready, Event::Status] {
+                if players.is_none() && !n.chosen.contains(&e) && !n.disabled.contains(&e) {
+                    n.disabled.push(e);
+                }
             }
         }
         Some(Domain {
@@ -1354,7 +1357,7 @@ impl Validator {
             }
         }
         let mut disabled = Vec::new();
-        let mut status_chosen = false;
+        let mut chosen = Vec::new();
         if let Some(n) = obj.get("matrix") {
             let p = key_path(path, "matrix");
             let names = Event::ALL.map(Event::name);
@@ -1364,7 +1367,7 @@ impl Validator {
                     let Some(event) = Event::from_name(&member.key) else {
                         continue;
                     };
-                    status_chosen |= event == Event::Status;
+                    chosen.push(event);
                     if let Some(entry) = self.object(&member.node, &ep, MATRIX_ENTRY_KEYS) {
                         let enabled = entry
                             .get("enabled")
@@ -1383,7 +1386,7 @@ impl Validator {
             subject,
             body,
             disabled,
-            status_chosen,
+            chosen,
             timeout: timeout?,
             retries: retries?,
         })

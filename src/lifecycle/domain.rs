@@ -173,11 +173,18 @@ impl DomainRun {
         let result = self.attach_volumes(shared).await;
         self.time("volumes", since);
         result?;
+        if !self.domain.volumes.is_empty() {
+            self.ledger.milestone("volumes");
+        }
 
         let since = Instant::now();
         let result = self.set_records(shared).await;
         self.time("records", since);
-        result
+        result?;
+        if !self.domain.records.is_empty() {
+            self.ledger.milestone("records");
+        }
+        Ok(())
     }
 
     fn scope(&self, event: Event) -> Scope<'_> {

@@ -53,10 +53,12 @@ pub enum Control {
     Undrain,
 }
 
-/// The notice the daemon is ending for.
+/// The latest notice: the one the daemon ends for, or a rebalance
+/// recommendation while it still runs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Notice {
-    /// `spot-interruption`, `termination`, `signal`, `idle` or `failure`.
+    /// `spot-interruption`, `termination`, `signal`, `idle`, `failure` or
+    /// `rebalance`.
     pub kind: String,
     /// When the instance goes, RFC 3339, if known.
     pub deadline: Option<String>,
@@ -342,11 +344,15 @@ impl Board {
     pub fn set_draining(&self, draining: bool) {
         self.change(|i| {
             i.draining = draining;
-            i.state = match (i.state, draining) {
+            let next = match (i.state, draining) {
                 (State::Ready, true) => State::Draining,
                 (State::Draining, false) => State::Ready,
                 (s, _) => s,
             };
+            if next != i.state {
+                i.state = next;
+                i.since = SystemTime::now();
+            }
         });
     }
 
@@ -413,6 +419,11 @@ impl Board {
                                 values: p.values(set.r#type()),
                             })
                         })
+                        .filter(|r| {
+                            !held
+                                .deleted_records
+                                .contains(&format!("{} {}", r.name, r.record_type))
+                        })
                         .collect(),
                     timings: held.timings,
                     since_boot: held.since_boot,
@@ -462,6 +473,13 @@ impl std::fmt::Display for State {
 /// is unknown.
 fn players(domains: &[DomainState]) -> Players {
     let counted: Vec<&DomainState> = domains.iter().filter(|d| d.probe.is_some()).collect();
+    if counted.is_empty() {
+        return Players {
+            online: None,
+            max: None,
+            free: None,
+        };
+    }
     let known: Option<Vec<Count>> = counted.iter().map(|d| d.count).collect();
     let online = known
         .as_ref()
@@ -476,11 +494,11 @@ fn players(domains: &[DomainState]) -> Players {
     }
 }
 
-/// Draining, and no player: with domains that count players, every count
-/// known and zero (unknown is never empty).
+/// Draining (and ready), and no player: with domains that count players,
+/// every count known and zero (unknown is never empty).
 fn ready_to_close(i: &Inner) -> bool {
     let counted = i.domains.iter().any(|d| d.probe.is_some());
-    i.draining && (!counted || players(&i.domains).online == Some(0))
+    i.state == State::Draining && (!counted || players(&i.domains).online == Some(0))
 }
 
 fn summary_of(i: &Inner) -> Summary {

@@ -107,10 +107,13 @@ pub async fn stop_cleanly(daemon: &mut DaemonProcess) {
 
 /// Fails unless `event` is valid under `schema/event.schema.json`.
 pub fn assert_valid_event(event: &serde_json::Value) {
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_file("schema/event.schema.json")).unwrap(),
-    )
-    .unwrap();
+    assert_valid("schema/event.schema.json", event);
+}
+
+/// Fails unless `value` is valid under the JSON Schema in file `schema`.
+pub fn assert_valid(schema: &str, event: &serde_json::Value) {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_file(schema)).unwrap()).unwrap();
     let validator = jsonschema::options()
         .should_validate_formats(true)
         .build(&schema)
@@ -121,7 +124,7 @@ pub fn assert_valid_event(event: &serde_json::Value) {
         .collect();
     assert!(
         problems.is_empty(),
-        "the event does not match its schema: {problems:?}\n{event:#}"
+        "the document does not match its schema: {problems:?}\n{event:#}"
     );
 }
 

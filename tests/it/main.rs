@@ -11,6 +11,7 @@ mod double;
 mod fleet;
 mod follow;
 mod fuzz_found;
+mod game;
 mod imds;
 mod lifecycle;
 mod notify;
