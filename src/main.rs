@@ -305,15 +305,15 @@ fn pick_sockets(name: Option<&str>) -> anyhow::Result<Vec<(String, PathBuf)>> {
 async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
     let sockets = pick_sockets(name.as_deref())?;
     let mut documents = Vec::new();
+    // A daemon that does not answer (a socket left by one that died) is
+    // said; the others are still shown.
+    let mut silent = Vec::new();
     for (name, socket) in &sockets {
-        let (code, doc) =
-            status::client::request(socket, hyper::Method::GET, "/v1/status", None)
-                .await
-                .map_err(|e| anyhow::anyhow!("{name}: {e:#}"))?;
-        if code != 200 {
-            anyhow::bail!("{name}: HTTP {code}: {}", doc["error"]);
+        match status::client::request(socket, hyper::Method::GET, "/v1/status", None).await {
+            Ok((200, doc)) => documents.push(doc),
+            Ok((code, doc)) => silent.push(format!("{name}: HTTP {code}: {}", doc["error"])),
+            Err(e) => silent.push(format!("{name}: {e:#}")),
         }
-        documents.push(doc);
     }
     if json {
         let out = match (name, documents.as_slice()) {
@@ -325,6 +325,9 @@ async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
         for doc in &documents {
             print!("{}", status::client::human(doc));
         }
+    }
+    if !silent.is_empty() {
+        anyhow::bail!("{}", silent.join("\n"));
     }
     Ok(())
 }

@@ -444,16 +444,21 @@ pub fn for_config(config: &Config, scope: &Scope) -> Value {
             list(&n.queues),
         ));
     }
+    let leaves_when_idle = config
+        .idle
+        .as_ref()
+        .is_some_and(|i| i.action == crate::config::IdleAction::Terminate);
     if config.auto_scaling.enabled {
-        // The look at start; neither call takes a resource.
-        statements.push(statement(
-            "FindAutoScalingGroup",
-            &[
-                "autoscaling:DescribeAutoScalingInstances",
-                "autoscaling:DescribeLifecycleHooks",
-            ],
-            vec!["*".into()],
-        ));
+        // The look at start (and, for an idle end, the group's capacity);
+        // none of these calls takes a resource.
+        let mut find = vec![
+            "autoscaling:DescribeAutoScalingInstances",
+            "autoscaling:DescribeLifecycleHooks",
+        ];
+        if leaves_when_idle {
+            find.push("autoscaling:DescribeAutoScalingGroups");
+        }
+        statements.push(statement("FindAutoScalingGroup", &find, vec!["*".into()]));
         statements.push(statement(
             "CompleteLifecycleActions",
             &[
@@ -463,6 +468,23 @@ pub fn for_config(config: &Config, scope: &Scope) -> Value {
             vec![format!(
                 "arn:{p}:autoscaling:{r}:{a}:autoScalingGroup:*:autoScalingGroupName/{group}"
             )],
+        ));
+        if leaves_when_idle {
+            statements.push(statement(
+                "LeaveGroupWhenIdle",
+                &["autoscaling:TerminateInstanceInAutoScalingGroup"],
+                vec![format!(
+                    "arn:{p}:autoscaling:{r}:{a}:autoScalingGroup:*:autoScalingGroupName/{group}"
+                )],
+            ));
+        }
+    }
+    if leaves_when_idle {
+        // Before shutting the OS down: does the instance terminate or stop?
+        statements.push(statement(
+            "ShutdownBehaviour",
+            &["ec2:DescribeInstanceAttribute"],
+            vec![format!("arn:{p}:ec2:{r}:{a}:instance/*")],
         ));
     }
     json!({ "Version": "2012-10-17", "Statement": statements })
@@ -513,6 +535,42 @@ mod tests {
             json!([
                 "arn:aws:autoscaling:*:123456789012:autoScalingGroup:*:autoScalingGroupName/game-*"
             ])
+        );
+    }
+
+    #[test]
+    fn an_idle_end_that_terminates_may_leave_the_group_and_read_the_shutdown_behaviour() {
+        let text = r#"{ "idle": { "after": 60, "action": "terminate" },
+            "domains": { "g": { "players": { "probe": "push" } } } }"#;
+        let config = Config::from_text("test", text).expect("valid config");
+        let scope = Scope {
+            group: "game".into(),
+            ..Scope::default()
+        };
+        let p = for_config(&config, &scope);
+        assert_eq!(
+            sids(&p),
+            [
+                "FindAutoScalingGroup",
+                "CompleteLifecycleActions",
+                "LeaveGroupWhenIdle",
+                "ShutdownBehaviour"
+            ]
+        );
+        assert!(p["Statement"][0]["Action"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("autoscaling:DescribeAutoScalingGroups")));
+        assert_eq!(
+            p["Statement"][2]["Resource"],
+            json!(["arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/game"])
+        );
+        // Only reporting needs nothing more.
+        let notify = text.replace("terminate", "notify");
+        let config = Config::from_text("test", &notify).expect("valid config");
+        assert_eq!(
+            sids(&for_config(&config, &scope)),
+            ["FindAutoScalingGroup", "CompleteLifecycleActions"]
         );
     }
 

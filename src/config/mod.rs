@@ -366,6 +366,9 @@ impl Event {
         }
     }
 
+    /// The events only the blocks that name them run at.
+    pub const OPT_IN: [Event; 4] = [Event::Ready, Event::Idle, Event::Draining, Event::Status];
+
     /// The events only a volume's `exec` blocks may name.
     pub const VOLUME_ONLY: [Event; 2] = [Event::SnapshotBegin, Event::SnapshotEnd];
 
@@ -401,8 +404,15 @@ pub struct ExecBlock {
 }
 
 impl ExecBlock {
+    /// Whether the block runs at `event`. Without `on`: at every event but
+    /// the game servers' (`ready`, `idle`, `draining`), which run only the
+    /// blocks that name them, so that a config written before them runs
+    /// its hooks as often as it did.
     pub fn runs_on(&self, event: Event) -> bool {
-        self.on.as_ref().is_none_or(|on| on.contains(&event))
+        match &self.on {
+            Some(on) => on.contains(&event),
+            None => !Event::OPT_IN.contains(&event),
+        }
     }
 }
 

@@ -495,10 +495,11 @@ impl Validator {
             .get("every")
             .and_then(|n| self.seconds(n, &key_path(path, "every"), 86_400.0))
             .unwrap_or(PlayersSpec::DEFAULT_EVERY);
+        // By default a probe may take 5 s, and never longer than `every`.
         let timeout = obj
             .get("timeout")
             .and_then(|n| self.seconds(n, &key_path(path, "timeout"), 3_600.0))
-            .unwrap_or(PlayersSpec::DEFAULT_TIMEOUT);
+            .unwrap_or(PlayersSpec::DEFAULT_TIMEOUT.min(every));
         if let Some(n) = obj.get("timeout") {
             if timeout > every {
                 self.problem(
@@ -663,6 +664,15 @@ impl Validator {
         let ready_timeout = obj
             .get("ready-timeout")
             .and_then(|n| self.seconds(n, &key_path(path, "ready-timeout"), 86_400.0));
+        if let (Some(n), None) = (obj.get("ready-timeout"), &players) {
+            if obj.get("players").is_none() {
+                self.problem(
+                    n.at,
+                    &key_path(path, "ready-timeout"),
+                    "\"ready-timeout\" bounds the wait for the first players count: give \"players\"",
+                );
+            }
+        }
         // `ready` and `status` notifications are for the domains that count
         // players (without a probe, `ready` is `started`), unless a matrix
         // names them.
@@ -1578,7 +1588,7 @@ fn to_serde(node: &Node) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, MacroValues};
+    use super::super::{Config, Event, IdleAction, MacroValues, PlayersSpec, Probe};
     use std::time::Duration;
 
     fn problems(text: &str) -> Vec<String> {
@@ -1774,5 +1784,100 @@ mod tests {
         );
         assert_eq!(spec.retries, 3);
         assert_eq!(spec.timeout, Duration::from_secs(5));
+    }
+
+    /// `problems` of one domain `d` with `players` given as `players`.
+    fn players_problems(players: &str) -> Vec<String> {
+        problems(&format!(r#"{{ "domains": {{ "d": {{ "players": {players} }} }} }}"#))
+    }
+
+    #[test]
+    fn players_probes_are_checked() {
+        let ok = Config::from_text("t", r#"{ "domains": { "d": { "players": { "probe": "minecraft" } } } }"#)
+            .unwrap();
+        let spec = ok.domains[0].players.as_ref().unwrap();
+        assert!(matches!(&spec.probe, Probe::Minecraft(a) if a == "127.0.0.1:25565"));
+        assert_eq!(spec.every, PlayersSpec::DEFAULT_EVERY);
+        let p = players_problems(r#"{ "probe": "minecraf" }"#);
+        assert!(p[0].contains("did you mean \"minecraft\""), "{p:?}");
+        let p = players_problems(r#"{ "probe": "tcp" }"#);
+        assert!(p[0].contains("the \"tcp\" probe needs \"address\""), "{p:?}");
+        let p = players_problems(r#"{ "probe": "command" }"#);
+        assert!(p[0].contains("needs \"argv\""), "{p:?}");
+        let p = players_problems(r#"{ "probe": "command", "argv": ["rcon"] }"#);
+        assert!(p[0].contains("absolute path"), "{p:?}");
+        let p = players_problems(r#"{ "probe": "a2s", "address": "localhost" }"#);
+        assert!(p[0].contains("host and port"), "{p:?}");
+        let p = players_problems(r#"{ "probe": "a2s", "every": 5, "timeout": 10 }"#);
+        assert!(p[0].contains("not be longer than \"every\""), "{p:?}");
+        let p = players_problems(r#"{ "probe": "push", "address": "127.0.0.1:1" }"#);
+        assert!(p[0].contains("PUT /v1/players"), "{p:?}");
+        let p = players_problems(r#"{ "probe": "minecraft", "argv": ["/bin/true"] }"#);
+        assert!(p[0].contains("not used by the \"minecraft\" probe"), "{p:?}");
+        assert!(players_problems(r#"{ "probe": "tcp", "address": "0.0.0.0:2456", "max": 10 }"#).is_empty());
+    }
+
+    #[test]
+    fn idle_needs_players_and_a_known_action() {
+        let p = problems(r#"{ "idle": { "after": 60 }, "domains": { "d": {} } }"#);
+        assert!(p[0].contains("would never be idle"), "{p:?}");
+        let p = problems(
+            r#"{ "idle": { "after": 60, "action": "halt" }, "domains": { "d": { "players": { "probe": "push" } } } }"#,
+        );
+        assert!(p[0].contains("unknown value \"halt\""), "{p:?}");
+        let c = Config::from_text(
+            "t",
+            r#"{ "idle": { "after": 60, "action": "stop" }, "domains": { "d": { "players": { "probe": "push" } } } }"#,
+        )
+        .unwrap();
+        let idle = c.idle.unwrap();
+        assert_eq!(idle.after_start, Duration::from_secs(60), "after-start defaults to after");
+        assert_eq!(idle.action, IdleAction::Stop);
+    }
+
+    #[test]
+    fn the_status_endpoint_wants_a_token_off_loopback() {
+        let p = problems(r#"{ "status": { "listen": "0.0.0.0:9358" }, "domains": {} }"#);
+        assert!(p[0].contains("give \"token-file\""), "{p:?}");
+        assert!(problems(r#"{ "status": { "listen": "127.0.0.1:9358" }, "domains": {} }"#).is_empty());
+        assert!(problems(r#"{ "status": { "listen": "[::]:9358", "token-file": "/etc/t" }, "domains": {} }"#).is_empty());
+        let p = problems(r#"{ "status": { "token-file": "/etc/t" }, "domains": {} }"#);
+        assert!(p[0].contains("without \"listen\""), "{p:?}");
+        let p = problems(r#"{ "status": { "listen": "game:9358" }, "domains": {} }"#);
+        assert!(p[0].contains("not an IP address and port"), "{p:?}");
+    }
+
+    #[test]
+    fn the_game_events_have_their_places() {
+        let p = problems(r#"{ "domains": { "d": { "exec": [{ "on": ["status"], "lines": [] }] } } }"#);
+        assert!(p[0].contains("notification only"), "{p:?}");
+        let rec = |on: &str| {
+            problems(&format!(
+                r#"{{ "domains": {{ "d": {{ "update-route53": [{{ "hostedzone": "Z1", "name": "a.example", "delete-on": ["{on}"] }}] }} }} }}"#
+            ))
+        };
+        assert!(rec("idle").is_empty(), "{:?}", rec("idle"));
+        assert!(rec("ready")[0].contains("does not end the daemon"));
+        let vol = problems(
+            r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "c", "create": { "Size": 1 }, "detach-on": ["idle"] }] } } }"#,
+        );
+        assert!(vol.iter().any(|p| p.contains("\"idle\" does not end the daemon")), "{vol:?}");
+        // `ready` and `status` notifications are for domains that count
+        // players, unless the matrix names them.
+        let c = Config::from_text(
+            "t",
+            r#"{ "domains": {
+                "plain": { "notify": [{ "backend": "aws-sqs", "options": { "queue-url": "https://q" } }] },
+                "asked": { "notify": [{ "backend": "aws-sqs", "options": { "queue-url": "https://q" },
+                           "matrix": { "ready": { "enabled": true } } }] },
+                "game": { "players": { "probe": "push" },
+                          "notify": [{ "backend": "aws-sqs", "options": { "queue-url": "https://q" } }] } } }"#,
+        )
+        .unwrap();
+        let n = |i: usize| &c.domains[i].notify[0];
+        assert!(!n(0).enabled_for(Event::Ready) && !n(0).enabled_for(Event::Status));
+        assert!(n(0).enabled_for(Event::Started));
+        assert!(n(1).enabled_for(Event::Ready) && !n(1).enabled_for(Event::Status));
+        assert!(n(2).enabled_for(Event::Ready) && n(2).enabled_for(Event::Status));
     }
 }

@@ -414,23 +414,18 @@ impl Daemon {
     }
 
     /// Every domain ready: its first count (within `ready-timeout`), then
-    /// its `ready` hooks; the first failure fails the daemon.
+    /// its `ready` hooks; the first failure fails the daemon at once (the
+    /// other domains' waits and hooks are cancelled).
     async fn all_ready(&self) -> anyhow::Result<()> {
-        let results =
-            futures_util::future::join_all(self.runs.iter().map(|r| self.ready(r))).await;
-        let errors: Vec<String> = self
-            .runs
-            .iter()
-            .zip(results)
-            .filter_map(|(r, res)| res.err().map(|e| format!("domain {:?}: {e}", r.domain.name)))
-            .collect();
-        if !errors.is_empty() {
-            for (r, e) in self.runs.iter().zip(&errors) {
+        futures_util::future::try_join_all(self.runs.iter().map(|r| async move {
+            self.ready(r).await.map_err(|e| {
                 r.ledger.error(e.clone());
-            }
-            return Err(anyhow!("{}", errors.join("; ")));
-        }
-        Ok(())
+                tracing::error!("[{}] {e}", r.domain.name);
+                anyhow!("domain {:?}: {e}", r.domain.name)
+            })
+        }))
+        .await
+        .map(|_| ())
     }
 
     async fn ready(&self, r: &DomainRun) -> Result<(), String> {
@@ -808,18 +803,25 @@ impl Daemon {
         Step::of(Input::Idle)
     }
 
-    /// Why the instance's Auto Scaling group keeps it (its minimum size),
-    /// if it does; an unknown capacity is said and does not keep it.
+    /// Why the instance stays up rather than end for idleness: its Auto
+    /// Scaling group's minimum size keeps it, or whether it is in a group
+    /// (or the group's capacity) is unknown — shutting down would then
+    /// only make the group launch a replacement.
     async fn kept_by_group(&self) -> Option<String> {
         let found = self.found().await;
-        let group = found.group()?;
+        let group = match &found {
+            Found::Unknown(why) => {
+                return Some(format!("its Auto Scaling group is unknown ({why})"))
+            }
+            _ => found.group()?,
+        };
         match autoscaling::capacity(&self.shared.clients.autoscaling, &group.name).await {
             Ok((min, desired)) => autoscaling::kept_by_minimum(min, desired)
                 .map(|why| format!("{why} (group {})", group.name)),
-            Err(e) => {
-                tracing::warn!("idle: the capacity of group {}: {e}", group.name);
-                None
-            }
+            Err(e) => Some(format!(
+                "the capacity of its group {} is unknown ({e})",
+                group.name
+            )),
         }
     }
 

@@ -93,8 +93,9 @@ pub async fn run(opts: &Options) -> Result<()> {
             "fleet" => fleet(opts).await?,
             "move" => moves(opts).await?,
             "scale-in" => scale_in(opts).await?,
+            "status" => status(opts).await?,
             other => bail!(
-                "unknown scenario {other:?} (init, reaction, idle, cold, fleet, move, scale-in)"
+                "unknown scenario {other:?} (init, reaction, idle, cold, fleet, move, scale-in, status)"
             ),
         }
     }
@@ -826,6 +827,145 @@ async fn scale_in(opts: &Options) -> Result<()> {
             cell(whole)
         );
     }
+    println!();
+    Ok(())
+}
+
+// ------------------------------------------------------------ 8. status
+
+/// A Minecraft server answering every Server List Ping with 3 of 20
+/// players, for the probe to count.
+async fn slp_server() -> Result<(String, tokio::task::JoinHandle<()>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?.to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // The handshake and the status request: each packet's
+                // length is one byte here (they are short).
+                for _ in 0..2 {
+                    let Ok(len) = s.read_u8().await else { return };
+                    let mut packet = vec![0; usize::from(len)];
+                    if s.read_exact(&mut packet).await.is_err() {
+                        return;
+                    }
+                }
+                let status = r#"{"version":{"name":"1.21"},"players":{"online":3,"max":20}}"#;
+                let mut out = vec![status.len() as u8 + 2, 0x00, status.len() as u8];
+                out.extend_from_slice(status.as_bytes());
+                let _ = s.write_all(&out).await;
+            });
+        }
+    });
+    Ok((address, task))
+}
+
+/// `GET /v1/status` on a unix socket, plain HTTP/1.1 with one request
+/// per connection, as `curl --unix-socket` sends it.
+async fn get_status(socket: &Path) -> Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket).await?;
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await?;
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        bail!("the status socket answered {}", String::from_utf8_lossy(&answer));
+    }
+    Ok(answer)
+}
+
+/// The status socket's latency, and what a players probe every 15 s costs
+/// a watching daemon: RSS and CPU beside the same daemon without a probe.
+async fn status(opts: &Options) -> Result<()> {
+    let Some(Subject::Rust { bin }) = opts
+        .subjects
+        .iter()
+        .find(|s| matches!(s, Subject::Rust { .. }))
+    else {
+        bail!("the status scenario runs ec2fleetd only");
+    };
+    let subject = Subject::Rust { bin: bin.clone() };
+    println!("## 8. Status and a players probe
+");
+    const REQUESTS: usize = 500;
+    println!(
+        "One ec2fleetd with a Minecraft players probe every 15 s (against a local Server List \
+         Ping server), one without: {REQUESTS} `GET /v1/status` one after the other on the first's \
+         socket, a new connection each; then both watch for {:.0} s, RSS sampled every second.\n",
+        opts.idle.as_secs_f64()
+    );
+    let (address, server) = slp_server().await?;
+    let tb = Testbed::start(REGION).await?;
+    let mut running = Vec::new();
+    for probe in [true, false] {
+        let instance = tb.launch_instance("a", None).await?;
+        let dir = tempfile::tempdir()?;
+        let players = if probe {
+            json!({ "probe": "minecraft", "address": address, "every": 15 })
+        } else {
+            serde_json::Value::Null
+        };
+        let mut domain = json!({ "exec": [{ "on": ["started"], "lines": [{ "argv": ["/bin/true"] }] }] });
+        if probe {
+            domain["players"] = players;
+        }
+        let config = write(
+            dir.path(),
+            "game.jsonc",
+            &json!({ "domains": { "game": domain } }).to_string(),
+        )?;
+        let mut d = subject.spawn(&config, &tb.daemon_env(&instance))?;
+        subject.wait_up(&mut d, Path::new("/nonexistent")).await?;
+        let pid = d.pid().context("the daemon is gone")?;
+        let socket = instance.root.path().join("run/ec2fleetd/game.sock");
+        running.push((probe, d, pid, instance, dir, socket));
+    }
+    let mut took = Vec::new();
+    let mut size = 0;
+    for _ in 0..REQUESTS {
+        let t = Instant::now();
+        size = get_status(&running[0].5).await?.len();
+        took.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let latency = Stats::of(took);
+    println!("| requests | median | p99 | max | answer size |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {REQUESTS} | {:.2} ms | {:.2} ms | {:.2} ms | {size} bytes |\n",
+        latency.median(),
+        latency.quantile(0.99),
+        latency.max()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let first: Vec<(u64, u64, f64)> = running.iter().map(|r| tree_usage(r.2)).collect();
+    let started = Instant::now();
+    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); running.len()];
+    while started.elapsed() < opts.idle {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (i, r) in running.iter().enumerate() {
+            samples[i].push(tree_usage(r.2).0);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("| daemon | steady RSS (median) | peak RSS | CPU while watching |");
+    println!("|---|---|---|---|");
+    for (i, r) in running.iter().enumerate() {
+        let (_, peak, cpu) = tree_usage(r.2);
+        let rss = Stats::of(samples[i].iter().map(|&k| k as f64).collect());
+        println!(
+            "| {} | {:.1} MiB | {:.1} MiB | {:.3} % of a core |",
+            if r.0 { "probe every 15 s" } else { "no probe" },
+            rss.median() / 1024.0,
+            peak as f64 / 1024.0,
+            (cpu - first[i].2) / elapsed * 100.0
+        );
+    }
+    for r in &mut running {
+        stop_and_wait(&mut r.1).await;
+    }
+    server.abort();
     println!();
     Ok(())
 }

@@ -44,7 +44,7 @@ enum Command {
         /// (bench/python/run-python-daemon).
         #[arg(long)]
         python: Option<PathBuf>,
-        /// Scenarios: init, reaction, idle, cold, fleet, move, scale-in.
+        /// Scenarios: init, reaction, idle, cold, fleet, move, scale-in, status.
         #[arg(
             long,
             value_delimiter = ',',

@@ -341,7 +341,22 @@ fn request_of(call: &Call, tags: &mut VolumeTags) -> Vec<Request> {
                 vec![(format!("arn:aws:route53:::change/{id}"), none())],
             )]
         }
-        ("autoscaling", a @ ("DescribeAutoScalingInstances" | "DescribeLifecycleHooks")) => {
+        ("ec2", "DescribeInstanceAttribute") => vec![one(
+            "ec2:DescribeInstanceAttribute",
+            vec![(ec2("instance", param(call, "InstanceId")), none())],
+        )],
+        // The call names the instance; IAM checks the group it is in, which
+        // in these tests is always `game`.
+        ("autoscaling", "TerminateInstanceInAutoScalingGroup") => vec![one(
+            "autoscaling:TerminateInstanceInAutoScalingGroup",
+            vec![(group_arn("game"), none())],
+        )],
+        (
+            "autoscaling",
+            a @ ("DescribeAutoScalingInstances"
+            | "DescribeLifecycleHooks"
+            | "DescribeAutoScalingGroups"),
+        ) => {
             vec![one(&format!("autoscaling:{a}"), vec![("*".into(), none())])]
         }
         ("autoscaling", a @ ("CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat")) => {
@@ -701,6 +716,69 @@ async fn the_policy_allows_the_lifecycle_hooks_of_its_group() {
     );
 }
 
+/// An idle end with `terminate`: the group's capacity, leaving it, and (in
+/// no group) the shutdown behaviour are all allowed by `policy --group game`.
+#[tokio::test]
+async fn the_policy_allows_an_idle_end_that_leaves_its_group() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let double = tb.double.clone().unwrap();
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        "game.jsonc",
+        r#"{ "idle": { "after": 1, "action": "terminate" },
+            "domains": { "game": { "players": { "probe": "push" } } } }"#,
+    );
+    let policy = policy_with(&config, &["--group", "game"]);
+    let push = |instance: &SimInstance| {
+        let socket = instance.root.path().join("run/ec2fleetd/game.sock");
+        async move {
+            wait_for_file(&socket).await;
+            let body = serde_json::json!({ "online": 0 });
+            let (code, _) = ec2fleetd::status::client::request(
+                &socket,
+                hyper::Method::PUT,
+                "/v1/players",
+                Some(body),
+            )
+            .await
+            .unwrap();
+            assert_eq!(code, 200);
+        }
+    };
+    let mut all = Vec::new();
+    // In the group: it leaves; alone: it reads the shutdown behaviour.
+    for in_group in [true, false] {
+        let instance = tb.launch_instance("a", None).await.unwrap();
+        if in_group {
+            tb.create_group("game", "a").await.unwrap();
+            tb.join_group("game", &instance).await.unwrap();
+        }
+        double.clear_calls().await.unwrap();
+        let mut env = tb.daemon_env(&instance);
+        env.push(("EC2FLEETD_SHUTDOWN_COMMAND".into(), "/bin/true".into()));
+        let config = config.display().to_string();
+        let args = ["run", "--config", config.as_str(), "--keep-hostname"];
+        let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
+        push(&instance).await;
+        assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+        all.extend(double.calls().await.unwrap());
+    }
+    let mut called = assert_allowed(&policy, &all, VolumeTags::default());
+    called.sort();
+    called.dedup();
+    assert_eq!(
+        called,
+        [
+            "autoscaling:DescribeAutoScalingGroups",
+            "autoscaling:DescribeAutoScalingInstances",
+            "autoscaling:DescribeLifecycleHooks",
+            "autoscaling:TerminateInstanceInAutoScalingGroup",
+            "ec2:DescribeInstanceAttribute",
+        ]
+    );
+}
+
 #[test]
 fn the_evaluator_refuses_what_the_policy_does_not_grant() {
     let dir = tempdir();
@@ -790,6 +868,10 @@ fn policy_fails_on_a_bad_config_as_check_does() {
 fn every_example_has_a_policy() {
     for entry in std::fs::read_dir(repo_file("examples")).unwrap() {
         let path = entry.unwrap().path();
+        // The fleet manager's directory holds a script, not a config.
+        if path.extension().is_none_or(|e| e != "jsonc") {
+            continue;
+        }
         let policy = policy_for(&path);
         assert!(
             !policy["Statement"].as_array().unwrap().is_empty(),
