@@ -574,3 +574,106 @@ async fn the_config_comes_from_mime_user_data() {
         d.log()
     );
 }
+
+/// The example fleet manager (`examples/fleet-manager/manager.py`) against
+/// three game servers of a group, each with its status over HTTP: with 27
+/// free places it names the emptiest server to drain; once that one is
+/// drained and empty, it names it to retire.
+#[tokio::test]
+async fn the_example_fleet_manager_drains_then_retires_the_surplus() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    tb.create_group(GROUP, "a").await.unwrap();
+    let dir = tempdir();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "fleet-token").unwrap();
+    let mut servers = Vec::new();
+    for online in [3, 0, 0] {
+        let instance = tb.launch_instance("a", None).await.unwrap();
+        tb.join_group(GROUP, &instance).await.unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = json_config(
+            dir.path(),
+            &format!("game-{port}"),
+            json!({
+                "status": { "listen": format!("127.0.0.1:{port}"), "token-file": token.display().to_string() },
+                "domains": { "game": { "players": { "probe": "push", "max": 10 } } } }),
+        );
+        let mut d = spawn_run_with(&tb, &instance, &config, &["--name", "game"]);
+        let sock = socket(&instance, "game");
+        status_until(&sock, "the started phase", |d| d["domains"][0]["phase"] == "started").await;
+        let (code, _) = ask(&sock, Method::PUT, "/v1/players", Some(json!({ "online": online }))).await;
+        assert_eq!(code, 200);
+        d.wait_ready(READY_TIMEOUT).await.unwrap();
+        servers.push((instance, d, port, sock));
+    }
+    let env = tb.daemon_env(&servers[0].0);
+    let endpoint = env
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let manage = || {
+        let mut args = vec![
+            repo_file("examples/fleet-manager/manager.py").display().to_string(),
+            "--group".into(),
+            GROUP.into(),
+            "--region".into(),
+            REGION.into(),
+            "--endpoint-url".into(),
+            endpoint.clone(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--once".into(),
+            "--json".into(),
+        ];
+        for (instance, _, port, _) in &servers {
+            args.push("--url".into());
+            args.push(format!("{}=http://127.0.0.1:{port}", instance.meta.instance_id));
+        }
+        let python = ec2fleetd_testbed::moto::server_path().with_file_name("python");
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(python)
+                .args(&args)
+                .envs(env)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        })
+    };
+    let round = manage().await.unwrap();
+    assert_eq!(round["free"], 27, "{round:#}");
+    let emptiest = servers[1..]
+        .iter()
+        .map(|s| s.0.meta.instance_id.clone())
+        .min()
+        .unwrap();
+    assert_eq!(
+        round["actions"],
+        json!([{ "action": "drain", "instance": emptiest }]),
+        "{round:#}"
+    );
+    // Drained on the instance, as the manager says: then it is retired.
+    let drained = servers
+        .iter()
+        .find(|s| s.0.meta.instance_id == emptiest)
+        .unwrap();
+    let (code, doc) = ask(&drained.3, Method::POST, "/v1/drain", None).await;
+    assert_eq!(code, 200, "{doc}");
+    assert_eq!(doc["ready_to_close"], true);
+    let round = manage().await.unwrap();
+    assert_eq!(round["free"], 17, "{round:#}");
+    assert_eq!(
+        round["actions"],
+        json!([{ "action": "retire", "instance": emptiest }]),
+        "{round:#}"
+    );
+    for (_, d, _, _) in &mut servers {
+        stop_cleanly(d).await;
+    }
+}
