@@ -149,8 +149,7 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 fn parse_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
         && !s.starts_with('.');
     if ok {
@@ -336,7 +335,10 @@ async fn control(name: Option<String>, path: &str) -> anyhow::Result<()> {
     let sockets = pick_sockets(name.as_deref())?;
     let [(name, socket)] = sockets.as_slice() else {
         let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
-        anyhow::bail!("several ec2fleetd run here ({}): name one", names.join(", "));
+        anyhow::bail!(
+            "several ec2fleetd run here ({}): name one",
+            names.join(", ")
+        );
     };
     let (code, doc) = status::client::request(socket, hyper::Method::POST, path, None).await?;
     if code != 200 {

@@ -54,10 +54,7 @@ pub async fn probe(spec: &PlayersSpec, values: &MacroValues) -> Result<Count, St
     };
     match tokio::time::timeout(timeout, probed).await {
         Ok(result) => result.map(|c| c.capped(spec.max)),
-        Err(_) => Err(format!(
-            "no answer within {:.1}s",
-            timeout.as_secs_f64()
-        )),
+        Err(_) => Err(format!("no answer within {:.1}s", timeout.as_secs_f64())),
     }
 }
 
@@ -419,7 +416,12 @@ fn command_output(out: &[u8]) -> Result<Count, String> {
 fn split_address(address: &str) -> Result<(&str, u16), String> {
     address
         .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse().ok()?)))
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse().ok()?,
+            ))
+        })
         .ok_or_else(|| format!("{address:?} is not host:port"))
 }
 

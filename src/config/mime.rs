@@ -35,8 +35,8 @@ impl std::fmt::Display for Part {
 /// the one part of type [`PART_TYPE`] or named `NAME.jsonc`; among several,
 /// the one named `NAME.jsonc`. Otherwise an error that lists the parts.
 pub fn config_part(data: &[u8], name: &str) -> Result<String, String> {
-    let message =
-        mailparse::parse_mail(data).map_err(|e| format!("the MIME user data does not parse: {e}"))?;
+    let message = mailparse::parse_mail(data)
+        .map_err(|e| format!("the MIME user data does not parse: {e}"))?;
     let mut leaves = Vec::new();
     collect(&message, &mut leaves);
     let wanted = format!("{name}.jsonc");
@@ -116,14 +116,18 @@ mod tests {
         );
         for (kind, name, body, base64) in parts {
             m.push_str("--==BOUNDARY==\n");
-            m.push_str(&format!("Content-Type: {kind}; charset=\"us-ascii\"\nMIME-Version: 1.0\n"));
+            m.push_str(&format!(
+                "Content-Type: {kind}; charset=\"us-ascii\"\nMIME-Version: 1.0\n"
+            ));
             if *base64 {
                 m.push_str("Content-Transfer-Encoding: base64\n");
             } else {
                 m.push_str("Content-Transfer-Encoding: 7bit\n");
             }
             if let Some(n) = name {
-                m.push_str(&format!("Content-Disposition: attachment; filename=\"{n}\"\n"));
+                m.push_str(&format!(
+                    "Content-Disposition: attachment; filename=\"{n}\"\n"
+                ));
             }
             m.push('\n');
             if *base64 {
@@ -144,31 +148,50 @@ mod tests {
     #[test]
     fn the_ec2fleetd_part_is_the_config() {
         let m = message(&[
-            ("text/cloud-config", Some("cloud-config.yaml"), "#cloud-config\npackages: [jq]", false),
+            (
+                "text/cloud-config",
+                Some("cloud-config.yaml"),
+                "#cloud-config\npackages: [jq]",
+                false,
+            ),
             (PART_TYPE, Some("game.jsonc"), CONFIG, true),
         ]);
         assert!(is_mime(m.as_bytes()));
         assert!(!is_mime(CONFIG.as_bytes()));
-        assert_eq!(config_part(m.as_bytes(), "ec2fleetd").unwrap().trim(), CONFIG);
+        assert_eq!(
+            config_part(m.as_bytes(), "ec2fleetd").unwrap().trim(),
+            CONFIG
+        );
     }
 
     #[test]
     fn a_part_named_for_the_daemon_counts_and_picks_among_several() {
         let named = message(&[("text/plain", Some("game.jsonc"), CONFIG, false)]);
-        assert_eq!(config_part(named.as_bytes(), "game").unwrap().trim(), CONFIG);
+        assert_eq!(
+            config_part(named.as_bytes(), "game").unwrap().trim(),
+            CONFIG
+        );
         let two = message(&[
             (PART_TYPE, Some("chat.jsonc"), "{}", false),
             (PART_TYPE, Some("game.jsonc"), CONFIG, false),
         ]);
         assert_eq!(config_part(two.as_bytes(), "game").unwrap().trim(), CONFIG);
         let e = config_part(two.as_bytes(), "ec2fleetd").unwrap_err();
-        assert!(e.contains("several") && e.contains("chat.jsonc") && e.contains("game.jsonc"), "{e}");
+        assert!(
+            e.contains("several") && e.contains("chat.jsonc") && e.contains("game.jsonc"),
+            "{e}"
+        );
     }
 
     #[test]
     fn no_config_part_lists_the_parts() {
         let m = message(&[
-            ("text/cloud-config", Some("cloud-config.yaml"), "#cloud-config", false),
+            (
+                "text/cloud-config",
+                Some("cloud-config.yaml"),
+                "#cloud-config",
+                false,
+            ),
             ("text/x-shellscript", None, "#!/bin/sh\necho hi", false),
         ]);
         let e = config_part(m.as_bytes(), "ec2fleetd").unwrap_err();

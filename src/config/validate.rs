@@ -398,7 +398,10 @@ impl Validator {
     fn one_of(&mut self, node: &Node, path: &str, name: &str, names: &[&str]) {
         let msg = match suggest(name, names.iter().copied()) {
             Some(s) => format!("unknown value {name:?}; did you mean {s:?}?"),
-            None => format!("unknown value {name:?} (expected one of: {})", names.join(", ")),
+            None => format!(
+                "unknown value {name:?} (expected one of: {})",
+                names.join(", ")
+            ),
         };
         self.problem(node.at, path, msg);
     }
@@ -432,7 +435,7 @@ impl Validator {
             Some(std::path::PathBuf::from(file))
         });
         if let Some((a, n)) = listen {
-            if token_file.is_none() && !obj.get("token-file").is_some() && !a.ip().is_loopback() {
+            if token_file.is_none() && obj.get("token-file").is_none() && !a.ip().is_loopback() {
                 self.problem(
                     n.at,
                     &key_path(path, "listen"),
@@ -459,17 +462,15 @@ impl Validator {
     /// probes (a default port for Minecraft and A2S), `argv` for `command`.
     fn players(&mut self, node: &Node, path: &str) -> Option<PlayersSpec> {
         let obj = self.object(node, path, PLAYERS_KEYS)?;
-        let kind = self
-            .required(&obj, node, path, "probe")
-            .and_then(|n| {
-                let p = key_path(path, "probe");
-                let name = self.string(n, &p)?;
-                if !Probe::NAMES.contains(&name.as_str()) {
-                    self.one_of(n, &p, &name, &Probe::NAMES);
-                    return None;
-                }
-                Some(name)
-            });
+        let kind = self.required(&obj, node, path, "probe").and_then(|n| {
+            let p = key_path(path, "probe");
+            let name = self.string(n, &p)?;
+            if !Probe::NAMES.contains(&name.as_str()) {
+                self.one_of(n, &p, &name, &Probe::NAMES);
+                return None;
+            }
+            Some(name)
+        });
         let address = obj.get("address").and_then(|n| {
             let p = key_path(path, "address");
             let text = self.nonempty_string(n, &p)?;
@@ -1213,9 +1214,7 @@ impl Validator {
             Some(Some(p)) => self.problem(
                 items[0].at,
                 &first,
-                format!(
-                    "{p:?} is not an absolute path: hooks run without a shell or PATH search"
-                ),
+                format!("{p:?} is not an absolute path: hooks run without a shell or PATH search"),
             ),
             Some(None) => self.problem(
                 items[0].at,
@@ -1224,7 +1223,7 @@ impl Validator {
             ),
             None => {}
         }
-                argv.into_iter().collect::<Option<Vec<_>>>()
+        argv.into_iter().collect::<Option<Vec<_>>>()
     }
 
     fn exec_line(
@@ -1788,20 +1787,28 @@ mod tests {
 
     /// `problems` of one domain `d` with `players` given as `players`.
     fn players_problems(players: &str) -> Vec<String> {
-        problems(&format!(r#"{{ "domains": {{ "d": {{ "players": {players} }} }} }}"#))
+        problems(&format!(
+            r#"{{ "domains": {{ "d": {{ "players": {players} }} }} }}"#
+        ))
     }
 
     #[test]
     fn players_probes_are_checked() {
-        let ok = Config::from_text("t", r#"{ "domains": { "d": { "players": { "probe": "minecraft" } } } }"#)
-            .unwrap();
+        let ok = Config::from_text(
+            "t",
+            r#"{ "domains": { "d": { "players": { "probe": "minecraft" } } } }"#,
+        )
+        .unwrap();
         let spec = ok.domains[0].players.as_ref().unwrap();
         assert!(matches!(&spec.probe, Probe::Minecraft(a) if a == "127.0.0.1:25565"));
         assert_eq!(spec.every, PlayersSpec::DEFAULT_EVERY);
         let p = players_problems(r#"{ "probe": "minecraf" }"#);
         assert!(p[0].contains("did you mean \"minecraft\""), "{p:?}");
         let p = players_problems(r#"{ "probe": "tcp" }"#);
-        assert!(p[0].contains("the \"tcp\" probe needs \"address\""), "{p:?}");
+        assert!(
+            p[0].contains("the \"tcp\" probe needs \"address\""),
+            "{p:?}"
+        );
         let p = players_problems(r#"{ "probe": "command" }"#);
         assert!(p[0].contains("needs \"argv\""), "{p:?}");
         let p = players_problems(r#"{ "probe": "command", "argv": ["rcon"] }"#);
@@ -1813,8 +1820,14 @@ mod tests {
         let p = players_problems(r#"{ "probe": "push", "address": "127.0.0.1:1" }"#);
         assert!(p[0].contains("PUT /v1/players"), "{p:?}");
         let p = players_problems(r#"{ "probe": "minecraft", "argv": ["/bin/true"] }"#);
-        assert!(p[0].contains("not used by the \"minecraft\" probe"), "{p:?}");
-        assert!(players_problems(r#"{ "probe": "tcp", "address": "0.0.0.0:2456", "max": 10 }"#).is_empty());
+        assert!(
+            p[0].contains("not used by the \"minecraft\" probe"),
+            "{p:?}"
+        );
+        assert!(
+            players_problems(r#"{ "probe": "tcp", "address": "0.0.0.0:2456", "max": 10 }"#)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -1831,7 +1844,11 @@ mod tests {
         )
         .unwrap();
         let idle = c.idle.unwrap();
-        assert_eq!(idle.after_start, Duration::from_secs(60), "after-start defaults to after");
+        assert_eq!(
+            idle.after_start,
+            Duration::from_secs(60),
+            "after-start defaults to after"
+        );
         assert_eq!(idle.action, IdleAction::Stop);
     }
 
@@ -1839,8 +1856,13 @@ mod tests {
     fn the_status_endpoint_wants_a_token_off_loopback() {
         let p = problems(r#"{ "status": { "listen": "0.0.0.0:9358" }, "domains": {} }"#);
         assert!(p[0].contains("give \"token-file\""), "{p:?}");
-        assert!(problems(r#"{ "status": { "listen": "127.0.0.1:9358" }, "domains": {} }"#).is_empty());
-        assert!(problems(r#"{ "status": { "listen": "[::]:9358", "token-file": "/etc/t" }, "domains": {} }"#).is_empty());
+        assert!(
+            problems(r#"{ "status": { "listen": "127.0.0.1:9358" }, "domains": {} }"#).is_empty()
+        );
+        assert!(problems(
+            r#"{ "status": { "listen": "[::]:9358", "token-file": "/etc/t" }, "domains": {} }"#
+        )
+        .is_empty());
         let p = problems(r#"{ "status": { "token-file": "/etc/t" }, "domains": {} }"#);
         assert!(p[0].contains("without \"listen\""), "{p:?}");
         let p = problems(r#"{ "status": { "listen": "game:9358" }, "domains": {} }"#);
@@ -1849,7 +1871,8 @@ mod tests {
 
     #[test]
     fn the_game_events_have_their_places() {
-        let p = problems(r#"{ "domains": { "d": { "exec": [{ "on": ["status"], "lines": [] }] } } }"#);
+        let p =
+            problems(r#"{ "domains": { "d": { "exec": [{ "on": ["status"], "lines": [] }] } } }"#);
         assert!(p[0].contains("notification only"), "{p:?}");
         let rec = |on: &str| {
             problems(&format!(
@@ -1861,7 +1884,11 @@ mod tests {
         let vol = problems(
             r#"{ "domains": { "d": { "attach-volume": [{ "device": "/dev/xvdf", "source": "c", "create": { "Size": 1 }, "detach-on": ["idle"] }] } } }"#,
         );
-        assert!(vol.iter().any(|p| p.contains("\"idle\" does not end the daemon")), "{vol:?}");
+        assert!(
+            vol.iter()
+                .any(|p| p.contains("\"idle\" does not end the daemon")),
+            "{vol:?}"
+        );
         // `ready` and `status` notifications are for domains that count
         // players, unless the matrix names them.
         let c = Config::from_text(

@@ -160,17 +160,24 @@ pub(super) struct Daemon {
     idle_end: Mutex<Option<IdleAction>>,
 }
 
+/// What moves the daemon from outside, besides IMDS: signals, and the
+/// requests of the status socket.
+pub(super) struct Inputs {
+    pub signals: Signals,
+    pub controls: mpsc::UnboundedReceiver<Control>,
+}
+
 impl Daemon {
     pub fn new(
         config: Config,
         shared: Arc<Shared>,
         options: Options,
         imds: Arc<ImdsClient>,
-        signals: Signals,
+        inputs: Inputs,
         runs: Vec<DomainRun>,
         group: GroupLook,
-        controls: mpsc::UnboundedReceiver<Control>,
     ) -> Daemon {
+        let Inputs { signals, controls } = inputs;
         Daemon {
             config,
             shared,
@@ -327,7 +334,11 @@ impl Daemon {
             systemd::status("started: waiting for the players probes");
         }
         self.start_probes();
-        match self.guarded(self.all_ready(), deadline, watcher).await.cut() {
+        match self
+            .guarded(self.all_ready(), deadline, watcher)
+            .await
+            .cut()
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Step::failed("ready failed", e),
             Err(step) => return step,
@@ -795,7 +806,10 @@ impl Daemon {
         }
         // The idle notifications go before the end's.
         let mut notes = notes;
-        if tokio::time::timeout(IDLE_NOTES_LIMIT, &mut notes).await.is_err() {
+        if tokio::time::timeout(IDLE_NOTES_LIMIT, &mut notes)
+            .await
+            .is_err()
+        {
             notes.abort();
             tracing::warn!("idle notifications not delivered yet: given up");
         }

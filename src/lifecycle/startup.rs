@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use anyhow::{anyhow, Context, Result};
 
 use super::domain::{DomainRun, Shared};
-use super::phases::Daemon;
+use super::phases::{Daemon, Inputs};
 use super::signals::Signals;
 use super::{ConfigSource, Options, Outcome};
 use futures_util::FutureExt;
@@ -117,7 +117,8 @@ pub async fn run(options: Options) -> Outcome {
         .enumerate()
         .map(|(index, (d, ledger))| DomainRun::new(&shared, index, d.clone(), ledger))
         .collect();
-    let outcome = Daemon::new(config, shared, options, imds, signals, runs, group, controls)
+    let inputs = Inputs { signals, controls };
+    let outcome = Daemon::new(config, shared, options, imds, inputs, runs, group)
         .live()
         .await;
     if let Some(served) = served {
@@ -132,9 +133,10 @@ pub async fn run(options: Options) -> Outcome {
 fn status_name(source: &ConfigSource) -> String {
     match source {
         ConfigSource::UserData => "ec2fleetd".to_string(),
-        ConfigSource::File(path) => path
-            .file_stem()
-            .map_or_else(|| "ec2fleetd".to_string(), |s| s.to_string_lossy().to_string()),
+        ConfigSource::File(path) => path.file_stem().map_or_else(
+            || "ec2fleetd".to_string(),
+            |s| s.to_string_lossy().to_string(),
+        ),
     }
 }
 

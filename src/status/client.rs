@@ -61,8 +61,12 @@ pub async fn request(
         .await
         .context("reading the answer")?
         .to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("the answer is not JSON: {}", String::from_utf8_lossy(&bytes)))?;
+    let value = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "the answer is not JSON: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })?;
     Ok((status, value))
 }
 
@@ -99,7 +103,9 @@ pub fn human(doc: &serde_json::Value) -> String {
         text(&doc["instance"]["id"]),
         text(&doc["instance"]["availability_zone"])
     );
-    if doc["players"]["online"] != serde_json::Value::Null || doc["players"]["max"] != serde_json::Value::Null {
+    if doc["players"]["online"] != serde_json::Value::Null
+        || doc["players"]["max"] != serde_json::Value::Null
+    {
         let _ = writeln!(out, "  {}", players(&doc["players"]));
     }
     if !doc["idle_since"].is_null() {

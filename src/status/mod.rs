@@ -514,9 +514,8 @@ fn summary_of(i: &Inner) -> Summary {
 /// Idle: every counted domain's count known and zero, from when that began.
 fn update_idle(i: &mut Inner) {
     let counted = i.domains.iter().any(|d| d.probe.is_some());
-    let empty = counted
-        && i.domains.iter().all(|d| d.ready)
-        && players(&i.domains).online == Some(0);
+    let empty =
+        counted && i.domains.iter().all(|d| d.ready) && players(&i.domains).online == Some(0);
     match (empty, i.idle_since) {
         (true, None) => i.idle_since = Some(SystemTime::now()),
         (false, Some(_)) => i.idle_since = None,
@@ -680,7 +679,10 @@ mod tests {
         assert_eq!(b.state(), State::Starting);
         b.set_ready(0);
         assert_eq!(b.state(), State::Draining);
-        assert!(b.ready_to_close(), "a domain that counts no players holds nothing back");
+        assert!(
+            b.ready_to_close(),
+            "a domain that counts no players holds nothing back"
+        );
         b.set_draining(false);
         assert_eq!(b.state(), State::Ready);
         assert!(!b.ready_to_close());
@@ -708,7 +710,10 @@ mod tests {
         assert!(b.push(None, 2, Some(4)).is_ok());
         assert_eq!(b.players_of(1).unwrap().free, Some(2));
         assert!(b.push(Some("d0"), 1, None).unwrap_err().contains("probed"));
-        assert!(b.push(Some("nope"), 1, None).unwrap_err().contains("no domain"));
+        assert!(b
+            .push(Some("nope"), 1, None)
+            .unwrap_err()
+            .contains("no domain"));
         let none = board(&[None]);
         assert!(none.push(None, 1, None).is_err());
     }

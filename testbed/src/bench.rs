@@ -871,7 +871,10 @@ async fn get_status(socket: &Path) -> Result<Vec<u8>> {
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).await?;
     if !answer.starts_with(b"HTTP/1.1 200") {
-        bail!("the status socket answered {}", String::from_utf8_lossy(&answer));
+        bail!(
+            "the status socket answered {}",
+            String::from_utf8_lossy(&answer)
+        );
     }
     Ok(answer)
 }
@@ -887,8 +890,10 @@ async fn status(opts: &Options) -> Result<()> {
         bail!("the status scenario runs ec2fleetd only");
     };
     let subject = Subject::Rust { bin: bin.clone() };
-    println!("## 8. Status and a players probe
-");
+    println!(
+        "## 8. Status and a players probe
+"
+    );
     const REQUESTS: usize = 500;
     println!(
         "One ec2fleetd with a Minecraft players probe every 15 s (against a local Server List \
@@ -907,7 +912,8 @@ async fn status(opts: &Options) -> Result<()> {
         } else {
             serde_json::Value::Null
         };
-        let mut domain = json!({ "exec": [{ "on": ["started"], "lines": [{ "argv": ["/bin/true"] }] }] });
+        let mut domain =
+            json!({ "exec": [{ "on": ["started"], "lines": [{ "argv": ["/bin/true"] }] }] });
         if probe {
             domain["players"] = players;
         }

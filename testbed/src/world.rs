@@ -582,7 +582,12 @@ impl Testbed {
             // The status sockets, in the instance's own tree.
             (
                 "EC2FLEETD_RUNTIME_DIR".into(),
-                instance.root.path().join("run/ec2fleetd").display().to_string(),
+                instance
+                    .root
+                    .path()
+                    .join("run/ec2fleetd")
+                    .display()
+                    .to_string(),
             ),
             // Keep the host's AWS files out of the daemon's view.
             ("AWS_CONFIG_FILE".into(), "/dev/null".into()),

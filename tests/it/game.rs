@@ -233,7 +233,10 @@ async fn a_game_server_life_from_loading_to_idle() {
     assert!(ready.exists(), "{}", d.log());
     let doc = status(&sock).await;
     assert_eq!(doc["state"], "ready");
-    assert_eq!(doc["players"], json!({ "online": 0, "max": 20, "free": 20 }));
+    assert_eq!(
+        doc["players"],
+        json!({ "online": 0, "max": 20, "free": 20 })
+    );
     let marks = &doc["domains"][0]["since_boot"];
     assert!(
         marks["started-hooks"].as_f64().unwrap() <= marks["ready"].as_f64().unwrap(),
@@ -251,7 +254,10 @@ async fn a_game_server_life_from_loading_to_idle() {
     status_until(&sock, "two players", |d| d["players"]["online"] == 2).await;
     let (code, out, _) = cli(&tb, &instance, &["status", "game"]).await;
     assert_eq!(code, 0);
-    assert!(out.contains("game: ready") && out.contains("2/20 players (18 free)"), "{out}");
+    assert!(
+        out.contains("game: ready") && out.contains("2/20 players (18 free)"),
+        "{out}"
+    );
     // They leave: two seconds later the instance is idle.
     world.online.store(0, Ordering::SeqCst);
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
@@ -259,7 +265,9 @@ async fn a_game_server_life_from_loading_to_idle() {
     assert!(idle.exists() && stopped.exists(), "{log}");
     assert!(log.contains("idle: no player for 2s"), "{log}");
     assert!(
-        log.contains("Auto Scaling terminates this instance and lowers the desired capacity of game"),
+        log.contains(
+            "Auto Scaling terminates this instance and lowers the desired capacity of game"
+        ),
         "{log}"
     );
     assert!(!sock.exists(), "the socket is removed at the end");
@@ -269,7 +277,10 @@ async fn a_game_server_life_from_loading_to_idle() {
         .iter()
         .find(|c| c.action == "TerminateInstanceInAutoScalingGroup")
         .unwrap_or_else(|| panic!("no TerminateInstanceInAutoScalingGroup: {log}"));
-    assert_eq!(leave.params["ShouldDecrementDesiredCapacity"], "true", "{leave:?}");
+    assert_eq!(
+        leave.params["ShouldDecrementDesiredCapacity"], "true",
+        "{leave:?}"
+    );
     let group = tb
         .autoscaling
         .describe_auto_scaling_groups()
@@ -285,15 +296,26 @@ async fn a_game_server_life_from_loading_to_idle() {
 
     let events = events(&tb, &queue).await;
     let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
-    let at = |n: &str| names.iter().position(|e| *e == n).unwrap_or_else(|| panic!("no {n}: {names:?}"));
+    let at = |n: &str| {
+        names
+            .iter()
+            .position(|e| *e == n)
+            .unwrap_or_else(|| panic!("no {n}: {names:?}"))
+    };
     assert!(at("started") < at("ready"), "{names:?}");
-    assert!(at("ready") < at("idle") && at("idle") < at("stopping"), "{names:?}");
+    assert!(
+        at("ready") < at("idle") && at("idle") < at("stopping"),
+        "{names:?}"
+    );
     let ready_event = &events[at("ready")];
-    assert!(ready_event["since_boot"]["ready"].is_number(), "{ready_event:#}");
+    assert!(
+        ready_event["since_boot"]["ready"].is_number(),
+        "{ready_event:#}"
+    );
     assert_eq!(ready_event["status"]["state"], "ready");
-    let full = events
-        .iter()
-        .any(|e| e["event"] == "status" && e["players"]["online"] == 2 && e["players"]["free"] == 18);
+    let full = events.iter().any(|e| {
+        e["event"] == "status" && e["players"]["online"] == 2 && e["players"]["free"] == 18
+    });
     assert!(full, "no status event with the two players: {names:?}");
     let stopping = &events[at("stopping")];
     assert!(
@@ -324,7 +346,10 @@ async fn the_ready_timeout_fails_the_domain() {
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 1);
     let log = d.log();
     assert!(failed.exists(), "{log}");
-    assert!(log.contains("no players count within the ready-timeout of 2s"), "{log}");
+    assert!(
+        log.contains("no players count within the ready-timeout of 2s"),
+        "{log}"
+    );
 }
 
 /// Drain with pushed counts: `draining` hooks run, `ready_to_close` turns
@@ -348,8 +373,17 @@ async fn a_drained_server_is_ready_to_close_once_empty() {
     let mut d = spawn_run(&tb, &instance, &config);
     let sock = socket(&instance, "arena");
     // Not ready until the game pushes its first count.
-    status_until(&sock, "the started phase", |d| d["domains"][0]["phase"] == "started").await;
-    let (code, doc) = ask(&sock, Method::PUT, "/v1/players", Some(json!({ "online": 3 }))).await;
+    status_until(&sock, "the started phase", |d| {
+        d["domains"][0]["phase"] == "started"
+    })
+    .await;
+    let (code, doc) = ask(
+        &sock,
+        Method::PUT,
+        "/v1/players",
+        Some(json!({ "online": 3 })),
+    )
+    .await;
     assert_eq!(code, 200, "{doc}");
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     let doc = status(&sock).await;
@@ -373,7 +407,13 @@ async fn a_drained_server_is_ready_to_close_once_empty() {
     assert_eq!(code, 200, "{doc}");
     assert_eq!(doc["ready_to_close"], true, "{doc:#}");
     // Bad pushes are refused, with why.
-    let (code, doc) = ask(&sock, Method::PUT, "/v1/players", Some(json!({ "online": -1 }))).await;
+    let (code, doc) = ask(
+        &sock,
+        Method::PUT,
+        "/v1/players",
+        Some(json!({ "online": -1 })),
+    )
+    .await;
     assert_eq!(code, 400, "{doc}");
     let (code, doc) = ask(
         &sock,
@@ -430,13 +470,20 @@ async fn the_http_status_wants_the_token() {
     };
     assert_eq!(get(None).await.unwrap().status(), 401);
     assert_eq!(get(Some("Bearer wrong")).await.unwrap().status(), 401);
-    assert_eq!(get(Some("Bearer s3cret-token2")).await.unwrap().status(), 401);
+    assert_eq!(
+        get(Some("Bearer s3cret-token2")).await.unwrap().status(),
+        401
+    );
     let ok = get(Some("Bearer s3cret-token")).await.unwrap();
     assert_eq!(ok.status(), 200);
     let doc: Value = serde_json::from_str(&ok.text().await.unwrap()).unwrap();
     assert_valid_status(&doc);
     assert_eq!(doc["state"], "ready");
-    assert_eq!(doc["players"]["online"], Value::Null, "no domain counts players");
+    assert_eq!(
+        doc["players"]["online"],
+        Value::Null,
+        "no domain counts players"
+    );
     let drain = http
         .post(format!("http://127.0.0.1:{port}/v1/drain"))
         .header("authorization", "Bearer s3cret-token")
@@ -458,7 +505,10 @@ fn an_open_status_address_needs_a_token() {
     );
     let (code, _, err) = ec2fleetd_with(&["check", &config.display().to_string()], &[]);
     assert_eq!(code, 78);
-    assert!(err.contains("reachable from other hosts: give \"token-file\""), "{err}");
+    assert!(
+        err.contains("reachable from other hosts: give \"token-file\""),
+        "{err}"
+    );
 }
 
 /// A `terminate` idle end on an instance in no group shuts the OS down; a
@@ -490,11 +540,25 @@ async fn an_idle_end_outside_a_group_shuts_down_and_a_minimum_keeps_it() {
         .unwrap();
     let mut env = tb.daemon_env(&kept);
     env.push(("EC2FLEETD_SHUTDOWN_COMMAND".into(), shutdown.clone()));
-    let args = ["run", "--config", config.to_str().unwrap(), "--keep-hostname"];
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--keep-hostname",
+    ];
     let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
     let sock = socket(&kept, "game");
-    status_until(&sock, "the started phase", |d| d["domains"][0]["phase"] == "started").await;
-    ask(&sock, Method::PUT, "/v1/players", Some(json!({ "online": 0 }))).await;
+    status_until(&sock, "the started phase", |d| {
+        d["domains"][0]["phase"] == "started"
+    })
+    .await;
+    ask(
+        &sock,
+        Method::PUT,
+        "/v1/players",
+        Some(json!({ "online": 0 })),
+    )
+    .await;
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     until("the group to keep the instance", || {
         let log = d.log();
@@ -502,7 +566,8 @@ async fn an_idle_end_outside_a_group_shuts_down_and_a_minimum_keeps_it() {
     })
     .await;
     assert!(
-        d.log().contains("desired capacity 1 cannot go below its minimum size 1"),
+        d.log()
+            .contains("desired capacity 1 cannot go below its minimum size 1"),
         "{}",
         d.log()
     );
@@ -515,11 +580,24 @@ async fn an_idle_end_outside_a_group_shuts_down_and_a_minimum_keeps_it() {
     env.push(("EC2FLEETD_SHUTDOWN_COMMAND".into(), shutdown));
     let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
     let sock = socket(&alone, "game");
-    status_until(&sock, "the started phase", |d| d["domains"][0]["phase"] == "started").await;
-    ask(&sock, Method::PUT, "/v1/players", Some(json!({ "online": 0 }))).await;
+    status_until(&sock, "the started phase", |d| {
+        d["domains"][0]["phase"] == "started"
+    })
+    .await;
+    ask(
+        &sock,
+        Method::PUT,
+        "/v1/players",
+        Some(json!({ "online": 0 })),
+    )
+    .await;
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
     assert!(shut.exists(), "{}", d.log());
-    assert!(d.log().contains("idle: shutting the OS down"), "{}", d.log());
+    assert!(
+        d.log().contains("idle: shutting the OS down"),
+        "{}",
+        d.log()
+    );
 }
 
 /// The config in multi-part MIME user data beside a cloud-config part; user
@@ -604,8 +682,17 @@ async fn the_example_fleet_manager_drains_then_retires_the_surplus() {
         );
         let mut d = spawn_run_with(&tb, &instance, &config, &["--name", "game"]);
         let sock = socket(&instance, "game");
-        status_until(&sock, "the started phase", |d| d["domains"][0]["phase"] == "started").await;
-        let (code, _) = ask(&sock, Method::PUT, "/v1/players", Some(json!({ "online": online }))).await;
+        status_until(&sock, "the started phase", |d| {
+            d["domains"][0]["phase"] == "started"
+        })
+        .await;
+        let (code, _) = ask(
+            &sock,
+            Method::PUT,
+            "/v1/players",
+            Some(json!({ "online": online })),
+        )
+        .await;
         assert_eq!(code, 200);
         d.wait_ready(READY_TIMEOUT).await.unwrap();
         servers.push((instance, d, port, sock));
@@ -618,7 +705,9 @@ async fn the_example_fleet_manager_drains_then_retires_the_surplus() {
         .unwrap();
     let manage = || {
         let mut args = vec![
-            repo_file("examples/fleet-manager/manager.py").display().to_string(),
+            repo_file("examples/fleet-manager/manager.py")
+                .display()
+                .to_string(),
             "--group".into(),
             GROUP.into(),
             "--region".into(),
@@ -632,7 +721,10 @@ async fn the_example_fleet_manager_drains_then_retires_the_surplus() {
         ];
         for (instance, _, port, _) in &servers {
             args.push("--url".into());
-            args.push(format!("{}=http://127.0.0.1:{port}", instance.meta.instance_id));
+            args.push(format!(
+                "{}=http://127.0.0.1:{port}",
+                instance.meta.instance_id
+            ));
         }
         let python = ec2fleetd_testbed::moto::server_path().with_file_name("python");
         let env = env.clone();
@@ -642,7 +734,11 @@ async fn the_example_fleet_manager_drains_then_retires_the_surplus() {
                 .envs(env)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             serde_json::from_slice::<Value>(&out.stdout).unwrap()
         })
     };
