@@ -233,19 +233,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The async runtime: two workers for the daemon, one thread for a client
+/// command; the exit status when it cannot start.
+fn runtime(daemon: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if daemon {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// Runs `outcome` on the async runtime and turns it into the exit status.
 fn block_on(outcome: impl std::future::Future<Output = Outcome>) -> ExitCode {
     limit_malloc_arenas();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(true) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(outcome) {
         Outcome::Clean(_) => ExitCode::SUCCESS,
@@ -262,15 +271,9 @@ fn block_on(outcome: impl std::future::Future<Output = Outcome>) -> ExitCode {
 
 /// Runs a client command on a small runtime.
 fn block_on_exit(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(false) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(f) {
         Ok(()) => ExitCode::SUCCESS,

@@ -206,3 +206,15 @@ pub fn ec2fleetd_with(args: &[&str], env: &[(String, String)]) -> (i32, String, 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `ec2fleetd ARGS…` off the test's runtime, which serves the IMDS emulator.
+pub async fn ec2fleetd_async(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env = env.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ec2fleetd_with(&args, &env)
+    })
+    .await
+    .unwrap()
+}

@@ -170,14 +170,24 @@ fn marker(path: &Path) -> Value {
 /// `ec2fleetd ARGS` for `instance` (its runtime directory), off the
 /// runtime that serves IMDS.
 async fn cli(tb: &Testbed, instance: &SimInstance, args: &[&str]) -> (i32, String, String) {
-    let env = tb.daemon_env(instance);
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ec2fleetd_with(&args, &env)
+    ec2fleetd_async(args, &tb.daemon_env(instance)).await
+}
+
+/// Waits for the started phase of a daemon whose domain takes pushed
+/// counts, then pushes `online` (which makes it ready).
+async fn push_first(sock: &Path, online: u32) {
+    status_until(sock, "the started phase", |d| {
+        d["domains"][0]["phase"] == "started"
     })
-    .await
-    .unwrap()
+    .await;
+    let (code, doc) = ask(
+        sock,
+        Method::PUT,
+        "/v1/players",
+        Some(json!({ "online": online })),
+    )
+    .await;
+    assert_eq!(code, 200, "{doc}");
 }
 
 /// A whole life: the world not answering holds `ready` back; once it
@@ -373,18 +383,7 @@ async fn a_drained_server_is_ready_to_close_once_empty() {
     let mut d = spawn_run(&tb, &instance, &config);
     let sock = socket(&instance, "arena");
     // Not ready until the game pushes its first count.
-    status_until(&sock, "the started phase", |d| {
-        d["domains"][0]["phase"] == "started"
-    })
-    .await;
-    let (code, doc) = ask(
-        &sock,
-        Method::PUT,
-        "/v1/players",
-        Some(json!({ "online": 3 })),
-    )
-    .await;
-    assert_eq!(code, 200, "{doc}");
+    push_first(&sock, 3).await;
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     let doc = status(&sock).await;
     assert_eq!(doc["players"], json!({ "online": 3, "max": 8, "free": 5 }));
@@ -548,17 +547,7 @@ async fn an_idle_end_outside_a_group_shuts_down_and_a_minimum_keeps_it() {
     ];
     let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
     let sock = socket(&kept, "game");
-    status_until(&sock, "the started phase", |d| {
-        d["domains"][0]["phase"] == "started"
-    })
-    .await;
-    ask(
-        &sock,
-        Method::PUT,
-        "/v1/players",
-        Some(json!({ "online": 0 })),
-    )
-    .await;
+    push_first(&sock, 0).await;
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     until("the group to keep the instance", || {
         let log = d.log();
@@ -580,17 +569,7 @@ async fn an_idle_end_outside_a_group_shuts_down_and_a_minimum_keeps_it() {
     env.push(("EC2FLEETD_SHUTDOWN_COMMAND".into(), shutdown));
     let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
     let sock = socket(&alone, "game");
-    status_until(&sock, "the started phase", |d| {
-        d["domains"][0]["phase"] == "started"
-    })
-    .await;
-    ask(
-        &sock,
-        Method::PUT,
-        "/v1/players",
-        Some(json!({ "online": 0 })),
-    )
-    .await;
+    push_first(&sock, 0).await;
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
     assert!(shut.exists(), "{}", d.log());
     assert!(
@@ -682,18 +661,7 @@ async fn the_example_fleet_manager_drains_then_retires_the_surplus() {
         );
         let mut d = spawn_run_with(&tb, &instance, &config, &["--name", "game"]);
         let sock = socket(&instance, "game");
-        status_until(&sock, "the started phase", |d| {
-            d["domains"][0]["phase"] == "started"
-        })
-        .await;
-        let (code, _) = ask(
-            &sock,
-            Method::PUT,
-            "/v1/players",
-            Some(json!({ "online": online })),
-        )
-        .await;
-        assert_eq!(code, 200);
+        push_first(&sock, online).await;
         d.wait_ready(READY_TIMEOUT).await.unwrap();
         servers.push((instance, d, port, sock));
     }
@@ -772,4 +740,45 @@ async fn the_example_fleet_manager_drains_then_retires_the_surplus() {
     for (_, d, _, _) in &mut servers {
         stop_cleanly(d).await;
     }
+}
+
+/// With `idle.action` stop, a drained server ends as on idle once its last
+/// player leaves, without waiting for `idle.after`.
+#[tokio::test]
+async fn a_drained_server_ends_once_empty_when_idle_stops_it() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let instance = tb.launch_instance("a", None).await.unwrap();
+    let dir = tempdir();
+    let (idle, stopped) = (dir.path().join("idle"), dir.path().join("stopped"));
+    let config = json_config(
+        dir.path(),
+        "arena",
+        json!({
+            "idle": { "after": 3600, "action": "stop" },
+            "domains": { "arena": {
+                "players": { "probe": "push", "max": 8 },
+                "exec": [
+                    { "on": ["idle"], "lines": [marker(&idle)] },
+                    { "on": ["stopping"], "lines": [marker(&stopped)] }
+                ] } } }),
+    );
+    let mut d = spawn_run(&tb, &instance, &config);
+    let sock = socket(&instance, "arena");
+    push_first(&sock, 2).await;
+    d.wait_ready(READY_TIMEOUT).await.unwrap();
+    let (code, doc) = ask(&sock, Method::POST, "/v1/drain", None).await;
+    assert_eq!((code, &doc["state"]), (200, &json!("draining")), "{doc}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!stopped.exists(), "two players are still on: {}", d.log());
+    ask(
+        &sock,
+        Method::PUT,
+        "/v1/players",
+        Some(json!({ "online": 0 })),
+    )
+    .await;
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+    let log = d.log();
+    assert!(log.contains("idle: drained and no player left"), "{log}");
+    assert!(idle.exists() && stopped.exists(), "{log}");
 }

@@ -452,18 +452,6 @@ async fn a_spot_notice_during_a_termination_moves_the_deadline_up() {
     assert_eq!(all[0].how.as_deref(), Some("completed"), "{log}");
 }
 
-/// `ec2fleetd ARGS…` off the test's runtime, which serves the IMDS emulator.
-async fn ec2fleetd_async(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let env = env.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ec2fleetd_with(&args, &env)
-    })
-    .await
-    .unwrap()
-}
-
 /// `drill --event terminating` on an instance whose group has a
 /// termination hook: the hook's time is the budget, the hooks are timed
 /// against it, and only reads are sent to AWS; in no group, 120 s. The
