@@ -13,6 +13,7 @@ pub mod autoscaling;
 pub mod aws;
 pub mod config;
 pub mod dns;
+pub mod fleet;
 pub mod hooks;
 pub mod imds;
 pub mod ledger;

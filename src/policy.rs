@@ -486,6 +486,18 @@ pub fn for_config(config: &Config, scope: &Scope) -> Value {
             &["ec2:DescribeInstanceAttribute"],
             vec![format!("arn:{p}:ec2:{r}:{a}:instance/*")],
         ));
+        // The EC2 Fleet that launched the instance; neither Describe takes
+        // a resource.
+        statements.push(statement(
+            "FindFleet",
+            &["ec2:DescribeInstances", "ec2:DescribeFleets"],
+            vec!["*".into()],
+        ));
+        statements.push(statement(
+            "LowerFleetWhenIdle",
+            &["ec2:ModifyFleet"],
+            vec![format!("arn:{p}:ec2:{r}:{a}:fleet/*")],
+        ));
     }
     json!({ "Version": "2012-10-17", "Statement": statements })
 }
@@ -554,7 +566,9 @@ mod tests {
                 "FindAutoScalingGroup",
                 "CompleteLifecycleActions",
                 "LeaveGroupWhenIdle",
-                "ShutdownBehaviour"
+                "ShutdownBehaviour",
+                "FindFleet",
+                "LowerFleetWhenIdle"
             ]
         );
         assert!(p["Statement"][0]["Action"]

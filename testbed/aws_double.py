@@ -130,12 +130,48 @@ _orig_run_instances = ec2_instances.InstanceBackend.run_instances
 def run_instances(self, *args, **kwargs):
     INTERNAL.active = True
     try:
-        return _orig_run_instances(self, *args, **kwargs)
+        reservation = _orig_run_instances(self, *args, **kwargs)
     finally:
         INTERNAL.active = False
+    # EC2 Fleet tags the instances it launches with its ID (moto does not).
+    fleet_id = kwargs.get("fleet_id")
+    if fleet_id:
+        for instance in reservation.instances:
+            self.create_tags([instance.id], {"aws:ec2:fleet-id": fleet_id})
+    return reservation
 
 
 ec2_instances.InstanceBackend.run_instances = run_instances
+
+
+def response_modify_fleet(self):
+    """ModifyFleet (moto has none): a maintain fleet's new total target
+    capacity. With ExcessCapacityTerminationPolicy no-termination no
+    instance is terminated for it, as in EC2."""
+    fleet_id = self._get_param("FleetId")
+    spec = self._get_param("TargetCapacitySpecification", {})
+    policy = self._get_param("ExcessCapacityTerminationPolicy")
+    fleets = [f for f in self.ec2_backend.describe_fleets([fleet_id]) if f.id == fleet_id]
+    if not fleets:
+        raise EC2ClientError("InvalidFleetId.NotFound", f"The fleet ID '{fleet_id}' does not exist")
+    fleet = fleets[0]
+    if fleet.fleet_type != "maintain":
+        raise EC2ClientError(
+            "UnsupportedOperation", f"The fleet {fleet_id} is of type {fleet.fleet_type}: only maintain fleets are modified"
+        )
+    if "TotalTargetCapacity" not in spec:
+        raise EC2ClientError("MissingParameter", "The request must contain the parameter TotalTargetCapacity")
+    total = int(spec["TotalTargetCapacity"])
+    fleet.target_capacity = total
+    fleet.target_capacity_specification = dict(fleet.target_capacity_specification, TotalTargetCapacity=total)
+    if policy != "no-termination":
+        fleet.terminate_instances()
+    return ActionResult({"Return": True})
+
+
+from moto.ec2.responses import fleets as ec2_fleet_responses  # noqa: E402
+
+ec2_fleet_responses.Fleets.modify_fleet = response_modify_fleet
 
 VOLUME_SIZES = {  # GiB, inclusive
     "standard": (1, 1024),

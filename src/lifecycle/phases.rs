@@ -1203,7 +1203,8 @@ impl Daemon {
     /// After an idle end with `terminate`: in an Auto Scaling group the
     /// instance leaves it with the desired capacity lowered (and a
     /// termination hook's action, which the end already served, is
-    /// completed); elsewhere, or if leaving fails, the OS shuts down.
+    /// completed); elsewhere, or if leaving fails, the OS shuts down, after
+    /// an EC2 Fleet of type `maintain` that launched it is lowered by one.
     async fn leave(&self) {
         let found = self.found().await;
         let shared = &self.shared;
@@ -1226,6 +1227,7 @@ impl Daemon {
                 ),
             }
         }
+        lower_fleet(shared).await;
         shut_down(shared).await;
     }
 
@@ -1300,6 +1302,38 @@ async fn settle_notes(
     if tokio::time::timeout_at(until, &mut notes).await.is_err() {
         notes.abort();
         tracing::warn!("{event} notifications still being retried: given up");
+    }
+}
+
+/// The EC2 Fleet of type `maintain` that launched this instance, if one
+/// did, lowered by one, so that it does not replace the instance.
+async fn lower_fleet(shared: &super::domain::Shared) {
+    let ec2 = &shared.clients.ec2;
+    let fleet = match crate::fleet::of_instance(ec2, &shared.facts.instance_id).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("idle: whether an EC2 Fleet launched this instance is unknown: {e}");
+            return;
+        }
+    };
+    if fleet.kind != "maintain" {
+        tracing::info!(
+            "idle: EC2 Fleet {} is of type {}: it launches no replacement",
+            fleet.id,
+            fleet.kind
+        );
+        return;
+    }
+    match crate::fleet::lower(ec2, &fleet).await {
+        Ok(total) => tracing::info!(
+            "idle: EC2 Fleet {} lowered to a target capacity of {total}, so that it launches no replacement",
+            fleet.id
+        ),
+        Err(e) => tracing::error!(
+            "idle: lowering EC2 Fleet {}: {e}; it will launch a replacement",
+            fleet.id
+        ),
     }
 }
 

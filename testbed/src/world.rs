@@ -122,6 +122,17 @@ impl Testbed {
             .instances()
             .first()
             .ok_or_else(|| anyhow!("moto launched no instance"))?;
+        self.simulate(i, zone, shape).await
+    }
+
+    /// The simulated instance (IMDS emulator, device root) of an instance
+    /// moto launched, in `zone`.
+    async fn simulate(
+        &self,
+        i: &aws_sdk_ec2::types::Instance,
+        zone: String,
+        shape: impl FnOnce(&mut InstanceMeta),
+    ) -> Result<SimInstance> {
         let meta = InstanceMeta {
             instance_id: i.instance_id().unwrap_or_default().to_string(),
             instance_type: "t3.micro".into(),
@@ -153,6 +164,87 @@ impl Testbed {
                 .await?;
         }
         Ok(SimInstance { meta, imds, root })
+    }
+
+    /// An EC2 Fleet of type `maintain` with a target capacity of one, and
+    /// the instance it launched (tagged `aws:ec2:fleet-id` by the double).
+    pub async fn launch_in_ec2_fleet(&self, name: &str) -> Result<(String, SimInstance)> {
+        use aws_sdk_ec2::types::{
+            DefaultTargetCapacityType, FleetLaunchTemplateConfigRequest,
+            FleetLaunchTemplateSpecificationRequest, FleetType, RequestLaunchTemplateData,
+            TargetCapacitySpecificationRequest,
+        };
+        self.ec2
+            .create_launch_template()
+            .launch_template_name(name)
+            .launch_template_data(
+                RequestLaunchTemplateData::builder()
+                    .image_id("ami-03cf127a")
+                    .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+                    .build(),
+            )
+            .send()
+            .await
+            .context("CreateLaunchTemplate")?;
+        let out = self
+            .ec2
+            .create_fleet()
+            .r#type(FleetType::Maintain)
+            .launch_template_configs(
+                FleetLaunchTemplateConfigRequest::builder()
+                    .launch_template_specification(
+                        FleetLaunchTemplateSpecificationRequest::builder()
+                            .launch_template_name(name)
+                            .version("$Latest")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .target_capacity_specification(
+                TargetCapacitySpecificationRequest::builder()
+                    .total_target_capacity(1)
+                    .on_demand_target_capacity(1)
+                    .default_target_capacity_type(DefaultTargetCapacityType::OnDemand)
+                    .build(),
+            )
+            .send()
+            .await
+            .context("CreateFleet")?;
+        let fleet = out
+            .fleet_id()
+            .context("CreateFleet gave no ID")?
+            .to_string();
+        let listed = self
+            .ec2
+            .describe_fleet_instances()
+            .fleet_id(&fleet)
+            .send()
+            .await
+            .context("DescribeFleetInstances")?;
+        let id = listed
+            .active_instances()
+            .first()
+            .and_then(|a| a.instance_id())
+            .context("the fleet launched no instance")?
+            .to_string();
+        let described = self
+            .ec2
+            .describe_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .context("DescribeInstances")?;
+        let i = described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .context("the fleet's instance is not described")?;
+        let zone = i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map_or_else(|| self.zone("a"), String::from);
+        Ok((fleet, self.simulate(i, zone, |_| {}).await?))
     }
 
     /// `n` instances, spread over `zones` (letters or names) in turn, launched

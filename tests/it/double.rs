@@ -1101,3 +1101,72 @@ async fn lifecycle_rules() {
     ];
     assert_rules(&on_double, &on_bare, &expected);
 }
+
+/// What each EC2 Fleet rule answers on this server.
+async fn fleet_answers(tb: &Testbed) -> Vec<(&'static str, String)> {
+    use aws_sdk_ec2::types::{
+        FleetExcessCapacityTerminationPolicy, TargetCapacitySpecificationRequest,
+    };
+    let (fleet, instance) = tb.launch_in_ec2_fleet("rules").await.unwrap();
+    let described = tb
+        .ec2
+        .describe_instances()
+        .instance_ids(&instance.meta.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let tag = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.tags())
+        .find(|t| t.key() == Some("aws:ec2:fleet-id"))
+        .and_then(|t| t.value())
+        .map(String::from);
+    let modify = |total: i32| {
+        tb.ec2
+            .modify_fleet()
+            .fleet_id(&fleet)
+            .target_capacity_specification(
+                TargetCapacitySpecificationRequest::builder()
+                    .total_target_capacity(total)
+                    .build(),
+            )
+            .excess_capacity_termination_policy(FleetExcessCapacityTerminationPolicy::NoTermination)
+            .send()
+    };
+    let lowered = outcome(modify(0).await);
+    let fleets = tb
+        .ec2
+        .describe_fleets()
+        .fleet_ids(&fleet)
+        .send()
+        .await
+        .unwrap();
+    let total = fleets.fleets()[0]
+        .target_capacity_specification()
+        .and_then(|t| t.total_target_capacity());
+    vec![
+        (
+            "EC2 Fleet tags its instances with its ID",
+            if tag.as_deref() == Some(fleet.as_str()) {
+                "tagged".to_string()
+            } else {
+                format!("{tag:?}")
+            },
+        ),
+        ("ModifyFleet of a maintain fleet", lowered),
+        ("the fleet's new target capacity", format!("{total:?}")),
+    ]
+}
+
+/// EC2 Fleet: the double tags a fleet's instances with `aws:ec2:fleet-id`
+/// and answers ModifyFleet (an idle end lowers the fleet); bare moto does
+/// neither.
+#[tokio::test]
+async fn fleet_rules() {
+    let (double, bare) = tokio::join!(Testbed::start(REGION), Testbed::start_bare(REGION));
+    let (double, bare) = (double.unwrap(), bare.unwrap());
+    let (on_double, on_bare) = tokio::join!(fleet_answers(&double), fleet_answers(&bare));
+    assert_rules(&on_double, &on_bare, &["tagged", "ok", "Some(0)"]);
+}

@@ -782,3 +782,62 @@ async fn a_drained_server_ends_once_empty_when_idle_stops_it() {
     assert!(log.contains("idle: drained and no player left"), "{log}");
     assert!(idle.exists() && stopped.exists(), "{log}");
 }
+
+/// An idle end with `terminate` on an instance an EC2 Fleet of type
+/// `maintain` launched: the fleet's target capacity is lowered first (with
+/// no instance terminated for it), then the OS shuts down.
+#[tokio::test]
+async fn an_idle_end_lowers_the_ec2_fleet_that_launched_it() {
+    let tb = Testbed::start(REGION).await.unwrap();
+    let (fleet, instance) = tb.launch_in_ec2_fleet("game").await.unwrap();
+    let dir = tempdir();
+    let shut = dir.path().join("shut-down");
+    let config = json_config(
+        dir.path(),
+        "game",
+        json!({
+            "idle": { "after": 1, "action": "terminate" },
+            "domains": { "game": { "players": { "probe": "push" } } } }),
+    );
+    let mut env = tb.daemon_env(&instance);
+    env.push((
+        "EC2FLEETD_SHUTDOWN_COMMAND".into(),
+        format!("/usr/bin/touch {}", shut.display()),
+    ));
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--keep-hostname",
+    ];
+    let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
+    push_first(&socket(&instance, "game"), 0).await;
+    assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains(&format!(
+            "EC2 Fleet {fleet} lowered to a target capacity of 0"
+        )),
+        "{log}"
+    );
+    assert!(shut.exists(), "{log}");
+    let fleets = tb
+        .ec2
+        .describe_fleets()
+        .fleet_ids(&fleet)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        fleets.fleets()[0]
+            .target_capacity_specification()
+            .and_then(|t| t.total_target_capacity()),
+        Some(0)
+    );
+    let calls = tb.double.as_ref().unwrap().calls().await.unwrap();
+    let modify = calls.iter().find(|c| c.action == "ModifyFleet").unwrap();
+    assert_eq!(
+        modify.params["ExcessCapacityTerminationPolicy"],
+        "no-termination"
+    );
+}

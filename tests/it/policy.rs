@@ -341,6 +341,11 @@ fn request_of(call: &Call, tags: &mut VolumeTags) -> Vec<Request> {
                 vec![(format!("arn:aws:route53:::change/{id}"), none())],
             )]
         }
+        ("ec2", "DescribeFleets") => vec![one("ec2:DescribeFleets", vec![("*".into(), none())])],
+        ("ec2", "ModifyFleet") => vec![one(
+            "ec2:ModifyFleet",
+            vec![(ec2("fleet", param(call, "FleetId")), none())],
+        )],
         ("ec2", "DescribeInstanceAttribute") => vec![one(
             "ec2:DescribeInstanceAttribute",
             vec![(ec2("instance", param(call, "InstanceId")), none())],
@@ -775,6 +780,7 @@ async fn the_policy_allows_an_idle_end_that_leaves_its_group() {
             "autoscaling:DescribeLifecycleHooks",
             "autoscaling:TerminateInstanceInAutoScalingGroup",
             "ec2:DescribeInstanceAttribute",
+            "ec2:DescribeInstances",
         ]
     );
 }
