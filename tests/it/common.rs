@@ -218,3 +218,18 @@ pub async fn ec2fleetd_async(args: &[&str], env: &[(String, String)]) -> (i32, S
     .await
     .unwrap()
 }
+
+/// The events the daemon sent to `queue`, each valid under the event schema.
+pub async fn events(tb: &Testbed, queue: &str) -> Vec<serde_json::Value> {
+    let events: Vec<serde_json::Value> = tb
+        .drain_queue(queue)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    for e in &events {
+        assert_valid_event(e);
+    }
+    events
+}

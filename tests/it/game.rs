@@ -148,21 +148,6 @@ async fn status_until(socket: &Path, what: &str, want: impl Fn(&Value) -> bool) 
     panic!("the status never showed {what}");
 }
 
-/// The events sent to `queue`, each valid under the event schema.
-async fn events(tb: &Testbed, queue: &str) -> Vec<Value> {
-    let events: Vec<Value> = tb
-        .drain_queue(queue)
-        .await
-        .unwrap()
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect();
-    for e in &events {
-        assert_valid_event(e);
-    }
-    events
-}
-
 fn marker(path: &Path) -> Value {
     json!({ "argv": ["/usr/bin/touch", path.display().to_string()] })
 }

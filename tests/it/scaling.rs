@@ -59,21 +59,6 @@ async fn actions(tb: &Testbed) -> Vec<LifecycleAction> {
         .unwrap()
 }
 
-/// The events the daemon sent to `queue`, as JSON.
-async fn events(tb: &Testbed, queue: &str) -> Vec<Value> {
-    let events: Vec<Value> = tb
-        .drain_queue(queue)
-        .await
-        .unwrap()
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect();
-    for e in &events {
-        assert_valid_event(e);
-    }
-    events
-}
-
 fn event<'a>(events: &'a [Value], name: &str) -> &'a Value {
     events
         .iter()
