@@ -523,7 +523,9 @@ async fn drill_reports_the_termination_budget() {
 #[tokio::test]
 async fn a_refused_heartbeat_brings_the_deadline_up() {
     let tb = Testbed::start(REGION).await.unwrap();
-    let instance = in_group_with_hook(&tb, "drain", TERMINATING, 3, "ABANDON").await;
+    // A heartbeat timeout of 5 s and a reserve of 2: room for a loaded
+    // machine between the cut hooks and the action's timeout.
+    let instance = in_group_with_hook(&tb, "drain", TERMINATING, 5, "ABANDON").await;
     tb.double
         .as_ref()
         .unwrap()
@@ -538,7 +540,7 @@ async fn a_refused_heartbeat_brings_the_deadline_up() {
         json!({ "domains": { "game": { "exec": [{ "on": ["terminating"], "lines": [
             { "argv": ["/bin/sleep", "30"] }] }] } } }),
     );
-    let mut d = spawn_run_with(&tb, &instance, &config, &["--shutdown-reserve", "1"]);
+    let mut d = spawn_run_with(&tb, &instance, &config, &["--shutdown-reserve", "2"]);
     d.wait_ready(READY_TIMEOUT).await.unwrap();
     until("the look", || async {
         d.log().contains("Auto Scaling group game")
@@ -548,7 +550,7 @@ async fn a_refused_heartbeat_brings_the_deadline_up() {
     terminate_in_group(&tb.autoscaling, &instance.meta.instance_id).await;
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
     let log = d.log();
-    // Cut near the three-second timeout, not after the 300 s global one.
+    // Cut near the five-second timeout, not after the 500 s global one.
     assert!(asked.elapsed() < Duration::from_secs(15), "{log}");
     assert!(log.contains("heartbeat refused (AccessDenied"), "{log}");
     assert!(
