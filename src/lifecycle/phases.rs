@@ -354,7 +354,12 @@ impl Daemon {
         );
         tracing::info!("{line}");
         systemd::ready(&line);
-        let notes = self.notify_all(Event::Ready);
+        let (shared, runs) = (self.shared.clone(), self.runs.clone());
+        let notes = tokio::spawn(async move {
+            notify_every(&shared, &runs, Event::Ready).await;
+            // Bring-up is over: the watch runs at the steady size.
+            return_freed_memory();
+        });
         *self.ready_notes.lock().expect("not poisoned") = Some(notes);
         self.complete_launch();
         self.start_periodic_snapshots();
@@ -366,11 +371,7 @@ impl Daemon {
     /// Every domain's notifications for `event`, in the background.
     fn notify_all(&self, event: Event) -> JoinHandle<()> {
         let (shared, runs) = (self.shared.clone(), self.runs.clone());
-        tokio::spawn(async move {
-            futures_util::future::join_all(runs.iter().map(|r| r.notify(&shared, event, None)))
-                .await;
-            return_freed_memory();
-        })
+        tokio::spawn(async move { notify_every(&shared, &runs, event).await })
     }
 
     /// A task for each domain with a players probe: until its first count
@@ -453,10 +454,7 @@ impl Daemon {
                     }
                     if said.elapsed() >= NOT_READY_EVERY {
                         said = Instant::now();
-                        let why = match board.count_of(r.index) {
-                            Some(Err(e)) => e,
-                            _ => "no count yet".to_string(),
-                        };
+                        let why = last_error(board, r.index).unwrap_or("no count yet".into());
                         tracing::info!(
                             "[{name}] not ready after {:.0}s: {} probe: {why}",
                             since.elapsed().as_secs_f64(),
@@ -471,10 +469,9 @@ impl Daemon {
                 Some(limit) => match tokio::time::timeout(limit, first).await {
                     Ok(c) => c,
                     Err(_) => {
-                        let why = match board.count_of(r.index) {
-                            Some(Err(e)) => format!(": the last probe said {e}"),
-                            _ => String::new(),
-                        };
+                        let why = last_error(board, r.index)
+                            .map(|e| format!(": the last probe said {e}"))
+                            .unwrap_or_default();
                         return Err(format!(
                             "no players count within the ready-timeout of {}s{why}",
                             limit.as_secs_f64()
@@ -573,10 +570,7 @@ impl Daemon {
                 }
                 changes.borrow_and_update();
                 last = Some(tokio::time::Instant::now());
-                futures_util::future::join_all(
-                    runs.iter().map(|r| r.notify(&shared, Event::Status, None)),
-                )
-                .await;
+                notify_every(&shared, &runs, Event::Status).await;
             }
         });
         self.background.lock().expect("not poisoned").push(task);
@@ -1284,6 +1278,19 @@ impl Daemon {
             // Not critical, as in the Python daemon: the application still runs.
             Err(e) => tracing::error!("setting the hostname to {name:?} failed: {e}"),
         }
+    }
+}
+
+/// Every domain's notifications for `event`, all at once.
+async fn notify_every(shared: &Arc<Shared>, runs: &[DomainRun], event: Event) {
+    futures_util::future::join_all(runs.iter().map(|r| r.notify(shared, event, None))).await;
+}
+
+/// Why domain `index`'s count is unknown, if a probe said.
+fn last_error(board: &status::Board, index: usize) -> Option<String> {
+    match board.count_of(index) {
+        Some(Err(e)) => Some(e),
+        _ => None,
     }
 }
 

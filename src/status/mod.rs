@@ -91,8 +91,6 @@ struct Inner {
     domains: Vec<DomainState>,
     /// Since when no domain has had a player (all counts known and 0).
     idle_since: Option<SystemTime>,
-    /// Whether a player came since ready.
-    had_player: bool,
 }
 
 /// The daemon's shared status.
@@ -159,7 +157,6 @@ impl Board {
                     })
                     .collect(),
                 idle_since: None,
-                had_player: false,
             }),
             changed: watch::channel(0).0,
             counts: watch::channel(0).0,
@@ -252,7 +249,6 @@ impl Board {
                     if c.online > 0 {
                         first_player = !d.had_player;
                         d.had_player = true;
-                        i.had_player = true;
                     }
                 }
                 Err(e) => {
@@ -285,15 +281,12 @@ impl Board {
 
     /// `PUT /v1/players`: counts pushed for a domain whose probe is `push`.
     pub fn push(&self, domain: Option<&str>, online: u32, max: Option<u32>) -> Result<(), String> {
-        let index = {
+        let (index, cap) = {
             let inner = self.lock();
-            let pushed: Vec<(usize, &DomainState)> = inner
-                .domains
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| d.probe == Some("push"))
+            let pushed: Vec<usize> = (0..inner.domains.len())
+                .filter(|i| inner.domains[*i].probe == Some("push"))
                 .collect();
-            match domain {
+            let index = match domain {
                 Some(name) => match inner.domains.iter().position(|d| d.name == name) {
                     None => return Err(format!("no domain {name:?}")),
                     Some(i) if inner.domains[i].probe != Some("push") => {
@@ -304,7 +297,7 @@ impl Board {
                     Some(i) => i,
                 },
                 None => match pushed.as_slice() {
-                    [(i, _)] => *i,
+                    [i] => *i,
                     [] => {
                         return Err(
                             "no domain takes pushed counts (\"players\": {\"probe\": \"push\"})"
@@ -313,9 +306,9 @@ impl Board {
                     }
                     _ => return Err("several domains take pushed counts: name the \"domain\"".to_string()),
                 },
-            }
+            };
+            (index, inner.domains[index].max)
         };
-        let cap = self.lock().domains[index].max;
         self.counted(index, Ok(Count { online, max }.capped(cap)));
         Ok(())
     }
@@ -366,7 +359,7 @@ impl Board {
     /// since ready.
     pub fn idle(&self) -> (Option<SystemTime>, bool) {
         let i = self.lock();
-        (i.idle_since, i.had_player)
+        (i.idle_since, i.domains.iter().any(|d| d.had_player))
     }
 
     /// The players of domain `index`, for its events.

@@ -247,6 +247,22 @@ impl Testbed {
         Ok((fleet, self.simulate(i, zone, |_| {}).await?))
     }
 
+    /// An EC2 Fleet's total target capacity now.
+    pub async fn fleet_target_capacity(&self, fleet: &str) -> Result<Option<i32>> {
+        let out = self
+            .ec2
+            .describe_fleets()
+            .fleet_ids(fleet)
+            .send()
+            .await
+            .context("DescribeFleets")?;
+        Ok(out
+            .fleets()
+            .first()
+            .and_then(|f| f.target_capacity_specification())
+            .and_then(|t| t.total_target_capacity()))
+    }
+
     /// `n` instances, spread over `zones` (letters or names) in turn, launched
     /// concurrently; each with its IMDS emulator and device root.
     pub async fn launch_fleet(&self, n: usize, zones: &[&str]) -> Result<Vec<SimInstance>> {

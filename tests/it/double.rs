@@ -1136,16 +1136,7 @@ async fn fleet_answers(tb: &Testbed) -> Vec<(&'static str, String)> {
             .send()
     };
     let lowered = outcome(modify(0).await);
-    let fleets = tb
-        .ec2
-        .describe_fleets()
-        .fleet_ids(&fleet)
-        .send()
-        .await
-        .unwrap();
-    let total = fleets.fleets()[0]
-        .target_capacity_specification()
-        .and_then(|t| t.total_target_capacity());
+    let total = tb.fleet_target_capacity(&fleet).await.unwrap();
     vec![
         (
             "EC2 Fleet tags its instances with its ID",

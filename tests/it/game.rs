@@ -152,6 +152,25 @@ fn marker(path: &Path) -> Value {
     json!({ "argv": ["/usr/bin/touch", path.display().to_string()] })
 }
 
+/// `ec2fleetd run --config CONFIG` on `instance`, with `shutdown` as the
+/// command that shuts the OS down.
+fn spawn_with_shutdown(
+    tb: &Testbed,
+    instance: &SimInstance,
+    config: &Path,
+    shutdown: &str,
+) -> DaemonProcess {
+    let mut env = tb.daemon_env(instance);
+    env.push(("EC2FLEETD_SHUTDOWN_COMMAND".into(), shutdown.to_string()));
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--keep-hostname",
+    ];
+    DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap()
+}
+
 /// `ec2fleetd ARGS` for `instance` (its runtime directory), off the
 /// runtime that serves IMDS.
 async fn cli(tb: &Testbed, instance: &SimInstance, args: &[&str]) -> (i32, String, String) {
@@ -522,15 +541,7 @@ async fn an_idle_end_outside_a_group_shuts_down_and_a_minimum_keeps_it() {
         .send()
         .await
         .unwrap();
-    let mut env = tb.daemon_env(&kept);
-    env.push(("EC2FLEETD_SHUTDOWN_COMMAND".into(), shutdown.clone()));
-    let args = [
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--keep-hostname",
-    ];
-    let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
+    let mut d = spawn_with_shutdown(&tb, &kept, &config, &shutdown);
     let sock = socket(&kept, "game");
     push_first(&sock, 0).await;
     d.wait_ready(READY_TIMEOUT).await.unwrap();
@@ -550,9 +561,7 @@ async fn an_idle_end_outside_a_group_shuts_down_and_a_minimum_keeps_it() {
 
     // In no group: the OS shuts down, after saying how the instance ends.
     let alone = tb.launch_instance("a", None).await.unwrap();
-    let mut env = tb.daemon_env(&alone);
-    env.push(("EC2FLEETD_SHUTDOWN_COMMAND".into(), shutdown));
-    let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
+    let mut d = spawn_with_shutdown(&tb, &alone, &config, &shutdown);
     let sock = socket(&alone, "game");
     push_first(&sock, 0).await;
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
@@ -784,18 +793,12 @@ async fn an_idle_end_lowers_the_ec2_fleet_that_launched_it() {
             "idle": { "after": 1, "action": "terminate" },
             "domains": { "game": { "players": { "probe": "push" } } } }),
     );
-    let mut env = tb.daemon_env(&instance);
-    env.push((
-        "EC2FLEETD_SHUTDOWN_COMMAND".into(),
-        format!("/usr/bin/touch {}", shut.display()),
-    ));
-    let args = [
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--keep-hostname",
-    ];
-    let mut d = DaemonProcess::spawn(&daemon_bin(), &args, &env, false).unwrap();
+    let mut d = spawn_with_shutdown(
+        &tb,
+        &instance,
+        &config,
+        &format!("/usr/bin/touch {}", shut.display()),
+    );
     push_first(&socket(&instance, "game"), 0).await;
     assert_eq!(d.wait_exit(EXIT_TIMEOUT).await.unwrap(), 0, "{}", d.log());
     let log = d.log();
@@ -806,19 +809,7 @@ async fn an_idle_end_lowers_the_ec2_fleet_that_launched_it() {
         "{log}"
     );
     assert!(shut.exists(), "{log}");
-    let fleets = tb
-        .ec2
-        .describe_fleets()
-        .fleet_ids(&fleet)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        fleets.fleets()[0]
-            .target_capacity_specification()
-            .and_then(|t| t.total_target_capacity()),
-        Some(0)
-    );
+    assert_eq!(tb.fleet_target_capacity(&fleet).await.unwrap(), Some(0));
     let calls = tb.double.as_ref().unwrap().calls().await.unwrap();
     let modify = calls.iter().find(|c| c.action == "ModifyFleet").unwrap();
     assert_eq!(
